@@ -1,0 +1,4 @@
+# ./dev bench
+dev_bench() {
+    die "./dev bench is not written yet"
+}

@@ -1,0 +1,4 @@
+# ./dev demo
+dev_demo() {
+    die "./dev demo is not written yet"
+}

@@ -1,0 +1,4 @@
+# ./dev module
+dev_module() {
+    die "./dev module is not written yet"
+}

@@ -1,0 +1,4 @@
+# ./dev vm
+dev_vm() {
+    die "./dev vm is not written yet"
+}
