@@ -1,0 +1,236 @@
+// dmuser/device.hpp: create and remove a dm-user device through /dev/mapper/control, the way
+// dmsetup does but with nothing to install: DM_DEV_CREATE, DM_TABLE_LOAD with the `user` target,
+// resume, and a /dev/mapper/NAME node made by hand (there may be no udev to make it).
+//
+// Failures throw std::system_error: code() is the errno-style std::error_code, what() one
+// sentence that says what was being done and to which device.
+#pragma once
+
+#include "device_ioctl.hpp"
+#include "device_table.hpp"
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <memory>
+#include <optional>
+#include <string>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <system_error>
+#include <thread>
+#include <unistd.h>
+#include <utility>
+
+namespace dmuser {
+
+inline constexpr const char* dm_control_path = "/dev/mapper/control";
+
+namespace dm {
+
+[[noreturn]] inline void fail(int err, const std::string& what) {
+    throw std::system_error(std::error_code(err, std::generic_category()), what);
+}
+
+// An open /dev/mapper/control.
+class Control {
+public:
+    Control() {
+        fd_ = ::open(dm_control_path, O_RDWR | O_CLOEXEC);
+        if (fd_ < 0) {
+            const int err = errno;
+            if (err == ENOENT || err == ENODEV || err == ENXIO)
+                fail(err, fmt::format("device-mapper is not available ({} is missing): load "
+                                      "dm-mod, then the dm-user module",
+                                      dm_control_path));
+            fail(err, fmt::format("cannot open {}: {}", dm_control_path, std::strerror(err)));
+        }
+    }
+    Control(const Control&) = delete;
+    Control& operator=(const Control&) = delete;
+    ~Control() { ::close(fd_); }
+
+    // One ioctl; a reply that did not fit is asked for again with a larger buffer.
+    // Returns 0 or the errno.
+    int run(unsigned long request, IoctlBuffer& buf) const {
+        for (int tries = 0;; ++tries) {
+            if (::ioctl(fd_, request, buf.data()) < 0)
+                return errno;
+            if (!buf.buffer_full() || tries == 8)
+                return 0;
+            const std::uint32_t flags_in = buf.header().flags & ~DM_BUFFER_FULL_FLAG;
+            buf.grow();
+            buf.header().flags = flags_in;
+        }
+    }
+
+private:
+    int fd_ = -1;
+};
+
+inline std::vector<TargetVersion> list_versions(const Control& ctl) {
+    IoctlBuffer buf;
+    if (int err = ctl.run(DM_LIST_VERSIONS, buf))
+        fail(err, fmt::format("DM_LIST_VERSIONS failed: {}", std::strerror(err)));
+    auto versions = buf.versions();
+    if (!versions)
+        fail(EPROTO, "DM_LIST_VERSIONS returned a malformed list");
+    return *versions;
+}
+
+inline std::optional<TargetVersion> find_target(const Control& ctl, std::string_view type) {
+    for (auto& v : list_versions(ctl))
+        if (v.name == type)
+            return v;
+    return std::nullopt;
+}
+
+} // namespace dm
+
+// The `user` target's version, or nullopt when device-mapper has no such target (the dm-user
+// module is not loaded). Throws when device-mapper itself is unavailable.
+inline std::optional<dm::TargetVersion> user_target_version() {
+    return dm::find_target(dm::Control{}, user_target_type);
+}
+
+// One dm-user device. Owning: the destructor removes the device (and its node) unless release()d.
+class Device {
+public:
+    static Device create(const UserTable& table) {
+        if (auto why = user_table_problem(table))
+            dm::fail(EINVAL, *why);
+        Device dev;
+        dev.table_ = table;
+        auto version = dm::find_target(*dev.ctl_, user_target_type);
+        if (!version)
+            dm::fail(ENODEV, "the dm-user module is not loaded (device-mapper has no 'user' "
+                             "target)");
+        dev.version_ = *version;
+
+        dm::IoctlBuffer buf(table.name);
+        if (int err = dev.ctl_->run(DM_DEV_CREATE, buf)) {
+            if (err == EBUSY)
+                dm::fail(err, fmt::format("device name '{}' is already in use", table.name));
+            dm::fail(err,
+                     fmt::format("cannot create device '{}': {}", table.name, std::strerror(err)));
+        }
+        dev.owned_ = true; // from here on, a failure removes what was made
+        dev.devno_ = static_cast<dev_t>(buf.header().dev);
+
+        buf.reset(dm::IoctlBuffer::default_data_size);
+        if (table.read_only)
+            buf.header().flags |= DM_READONLY_FLAG;
+        buf.add_target(0, table.sectors, user_target_type, table.params());
+        if (int err = dev.ctl_->run(DM_TABLE_LOAD, buf))
+            dm::fail(err, fmt::format("loading table '{}' for '{}' failed: {} (the kernel log "
+                                      "says why; is /dev/dm-user/{} taken?)",
+                                      table.line(), table.name, std::strerror(err),
+                                      table.control_name()));
+
+        buf.reset(dm::IoctlBuffer::default_data_size);
+        if (int err = dev.ctl_->run(DM_DEV_SUSPEND, buf)) // no DM_SUSPEND_FLAG: resume
+            dm::fail(err, fmt::format("cannot resume '{}': {}", table.name, std::strerror(err)));
+        dev.devno_ = static_cast<dev_t>(buf.header().dev);
+        dev.make_node();
+        return dev;
+    }
+
+    Device(Device&& o) noexcept { *this = std::move(o); }
+    Device& operator=(Device&& o) noexcept {
+        if (this != &o) {
+            (void)remove();
+            ctl_ = std::move(o.ctl_);
+            table_ = std::move(o.table_);
+            version_ = std::move(o.version_);
+            devno_ = o.devno_;
+            owned_ = std::exchange(o.owned_, false);
+        }
+        return *this;
+    }
+    ~Device() { (void)remove(); }
+
+    const std::string& name() const { return table_.name; }
+    std::string path() const { return fmt::format("/dev/{}/{}", DM_DIR, table_.name); }
+    std::string control_path() const {
+        return fmt::format("/dev/dm-user/{}", table_.control_name());
+    }
+    std::uint64_t size_bytes() const { return table_.sectors * 512; }
+    const UserTable& table() const { return table_; }
+    dev_t devno() const { return devno_; }
+    const dm::TargetVersion& target_version() const { return version_; }
+
+    // The target's raw status line (`dmsetup status` after "0 <len> user ").
+    std::string status_line() const {
+        dm::IoctlBuffer buf(table_.name);
+        if (int err = ctl_->run(DM_TABLE_STATUS, buf))
+            dm::fail(err,
+                     fmt::format("status of '{}' failed: {}", table_.name, std::strerror(err)));
+        auto targets = buf.targets();
+        if (!targets || targets->size() != 1)
+            dm::fail(EPROTO, fmt::format("status of '{}': unexpected answer", table_.name));
+        return (*targets)[0].params;
+    }
+    UserTargetStatus status() const { return UserTargetStatus::parse(status_line()); }
+
+    // Removes the device and its node; an open device (EBUSY) is retried for up to `patience`.
+    // Returns the errno-style code of the last failure; the handle stays owning on failure so a
+    // later call can try again.
+    std::error_code remove(std::chrono::milliseconds patience = std::chrono::seconds(2)) noexcept {
+        if (!owned_)
+            return {};
+        const auto deadline = std::chrono::steady_clock::now() + patience;
+        int err = 0;
+        for (;;) {
+            dm::IoctlBuffer buf(table_.name);
+            err = ctl_->run(DM_DEV_REMOVE, buf);
+            if (err != EBUSY || std::chrono::steady_clock::now() >= deadline)
+                break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        if (err != 0 && err != ENXIO) // ENXIO: someone else removed it already
+            return std::error_code(err, std::generic_category());
+        owned_ = false;
+        remove_node();
+        return {};
+    }
+
+    // Keep the device after this handle goes away.
+    void release() noexcept { owned_ = false; }
+
+private:
+    Device() : ctl_(std::make_unique<dm::Control>()) {}
+
+    // /dev/mapper/NAME: what udev would make. A stale node of that name is replaced.
+    void make_node() {
+        const auto p = path();
+        struct stat st {};
+        if (::lstat(p.c_str(), &st) == 0) {
+            if (S_ISBLK(st.st_mode) && st.st_rdev == devno_)
+                return; // udev was faster
+            ::unlink(p.c_str());
+        }
+        if (::mknod(p.c_str(), S_IFBLK | 0600, devno_) < 0) {
+            const int err = errno;
+            dm::fail(err, fmt::format("cannot make {} ({}:{}): {}", p, major(devno_), minor(devno_),
+                                      std::strerror(err)));
+        }
+    }
+
+    void remove_node() noexcept {
+        const auto p = path();
+        struct stat st {};
+        if (::lstat(p.c_str(), &st) == 0 && S_ISBLK(st.st_mode) && st.st_rdev == devno_)
+            ::unlink(p.c_str());
+    }
+
+    std::unique_ptr<dm::Control> ctl_;
+    UserTable table_;
+    dm::TargetVersion version_;
+    dev_t devno_ = 0;
+    bool owned_ = false;
+};
+
+} // namespace dmuser

@@ -1,0 +1,221 @@
+// Device control without a kernel: DM ioctl buffer layout, the `user` table line, the status
+// line. The answers the kernel would write are laid out here by hand, as drivers/md/dm-ioctl.c
+// writes them (status records count `next` from the first record, version records from their own).
+#include "dmuser/device.hpp"
+
+#include <catch2/catch.hpp>
+#include <cstring>
+
+using dmuser::UserTable;
+using dmuser::UserTargetStatus;
+using dmuser::dm::IoctlBuffer;
+
+namespace {
+
+unsigned char* raw(IoctlBuffer& b) {
+    return static_cast<unsigned char*>(b.data());
+}
+
+// Writes a status record at `offset` from the data start; returns the aligned end offset.
+std::size_t put_status_record(IoctlBuffer& b, std::size_t offset, std::uint64_t start,
+                              std::uint64_t len, const char* type, const char* params) {
+    dm_target_spec spec{};
+    spec.sector_start = start;
+    spec.length = len;
+    std::strncpy(spec.target_type, type, sizeof spec.target_type - 1);
+    auto* at = raw(b) + b.header().data_start + offset;
+    const std::size_t end = offset + sizeof spec + std::strlen(params) + 1;
+    const std::size_t aligned = (end + 7) & ~std::size_t{7};
+    spec.next = static_cast<std::uint32_t>(aligned);
+    std::memcpy(at, &spec, sizeof spec);
+    std::memcpy(at + sizeof spec, params, std::strlen(params) + 1);
+    return aligned;
+}
+
+} // namespace
+
+TEST_CASE("a fresh ioctl buffer carries version, name and sizes", "[device][ioctl]") {
+    IoctlBuffer b("disk0", 1000);
+    const auto& h = b.header();
+    CHECK(h.version[0] == 4);
+    CHECK(h.version[1] == 0);
+    CHECK(h.data_start == sizeof(dm_ioctl));
+    CHECK(h.data_start % 8 == 0);
+    CHECK(h.data_size == b.size());
+    CHECK(b.size() >= sizeof(dm_ioctl) + 1000);
+    CHECK(b.size() % 8 == 0);
+    CHECK(std::string(h.name) == "disk0");
+    CHECK(h.target_count == 0);
+    CHECK_FALSE(b.buffer_full());
+}
+
+TEST_CASE("a name longer than DM_NAME_LEN is cut and stays NUL-terminated", "[device][ioctl]") {
+    IoctlBuffer b(std::string(300, 'x'));
+    CHECK(std::strlen(b.header().name) == DM_NAME_LEN - 1);
+}
+
+TEST_CASE("table load records are packed with relative next and padding", "[device][ioctl]") {
+    IoctlBuffer b("d");
+    REQUIRE(b.add_target(0, 2048, "user", "0 2048 ctl"));
+    REQUIRE(b.add_target(2048, 8, "zero", ""));
+    CHECK(b.header().target_count == 2);
+
+    dm_target_spec first, second;
+    const auto* data = raw(b) + b.header().data_start;
+    std::memcpy(&first, data, sizeof first);
+    CHECK(first.sector_start == 0);
+    CHECK(first.length == 2048);
+    CHECK(std::string(first.target_type) == "user");
+    CHECK(std::string(reinterpret_cast<const char*>(data + sizeof first)) == "0 2048 ctl");
+    CHECK(first.next % 8 == 0);
+    CHECK(first.next >= sizeof first + std::strlen("0 2048 ctl") + 1);
+
+    std::memcpy(&second, data + first.next, sizeof second);
+    CHECK(second.sector_start == 2048);
+    CHECK(second.length == 8);
+    CHECK(std::string(second.target_type) == "zero");
+    CHECK(data[first.next + sizeof second] == 0);
+}
+
+TEST_CASE("add_target refuses what does not fit, grow makes room", "[device][ioctl]") {
+    IoctlBuffer b("d", 64);
+    CHECK_FALSE(b.add_target(0, 1, "a-type-name-too-long", ""));
+    const std::string params(200, 'p');
+    CHECK_FALSE(b.add_target(0, 1, "user", params));
+    CHECK(b.header().target_count == 0);
+    const auto before = b.size();
+    b.grow();
+    b.grow();
+    CHECK(b.size() > before);
+    CHECK(b.header().data_size == b.size());
+    CHECK(std::string(b.header().name) == "d");
+    CHECK(b.add_target(0, 1, "user", params));
+}
+
+TEST_CASE("status answers are read with next counted from the first record", "[device][ioctl]") {
+    IoctlBuffer b("d");
+    auto end = put_status_record(b, 0, 0, 100, "user", "queued=0 completed=12");
+    end = put_status_record(b, end, 100, 50, "zero", "");
+    end = put_status_record(b, end, 150, 7, "error", "e");
+    b.header().target_count = 3;
+    b.header().data_size = static_cast<std::uint32_t>(b.header().data_start + end);
+
+    auto targets = b.targets();
+    REQUIRE(targets);
+    REQUIRE(targets->size() == 3);
+    CHECK((*targets)[0].type == "user");
+    CHECK((*targets)[0].length == 100);
+    CHECK((*targets)[0].params == "queued=0 completed=12");
+    CHECK((*targets)[1].type == "zero");
+    CHECK((*targets)[1].start == 100);
+    CHECK((*targets)[1].params.empty());
+    CHECK((*targets)[2].type == "error");
+    CHECK((*targets)[2].start == 150);
+    CHECK((*targets)[2].params == "e");
+}
+
+TEST_CASE("a status answer that runs past the data is rejected", "[device][ioctl]") {
+    IoctlBuffer b("d", 256);
+    put_status_record(b, 0, 0, 100, "user", "abc");
+    b.header().target_count = 1;
+    // The kernel says it wrote less than the record: the string has no NUL inside the answer.
+    b.header().data_size =
+        static_cast<std::uint32_t>(b.header().data_start + sizeof(dm_target_spec) + 2);
+    CHECK_FALSE(b.targets());
+    // A data_size past our buffer is not trusted either.
+    b.header().data_size = 1u << 30;
+    std::memset(raw(b) + b.header().data_start + sizeof(dm_target_spec), 'x',
+                b.size() - b.header().data_start - sizeof(dm_target_spec));
+    CHECK_FALSE(b.targets());
+}
+
+TEST_CASE("version lists are read with next counted from each entry", "[device][ioctl]") {
+    IoctlBuffer b;
+    auto* data = raw(b) + b.header().data_start;
+    auto put = [&](std::size_t at, const char* name, std::uint32_t major, std::uint32_t minor,
+                   std::uint32_t next) {
+        dm_target_versions v{};
+        v.next = next;
+        v.version[0] = major;
+        v.version[1] = minor;
+        v.version[2] = 3;
+        std::memcpy(data + at, &v, sizeof v);
+        std::memcpy(data + at + sizeof v, name, std::strlen(name) + 1);
+    };
+    put(0, "linear", 1, 4, 24);
+    put(24, "user", 2, 0, 24);
+    put(48, "zero", 1, 2, 0);
+    b.header().data_size = static_cast<std::uint32_t>(b.header().data_start + 72);
+
+    auto versions = b.versions();
+    REQUIRE(versions);
+    REQUIRE(versions->size() == 3);
+    CHECK((*versions)[1].name == "user");
+    CHECK((*versions)[1].major == 2);
+    CHECK((*versions)[1].minor == 0);
+    CHECK((*versions)[1].patch == 3);
+    CHECK((*versions)[2].name == "zero");
+
+    put(48, "zero", 1, 2, 4096); // next points outside the answer
+    CHECK_FALSE(b.versions());
+}
+
+TEST_CASE("an empty version answer is an empty list", "[device][ioctl]") {
+    IoctlBuffer b;
+    b.header().data_size = offsetof(dm_ioctl, data);
+    auto versions = b.versions();
+    REQUIRE(versions);
+    CHECK(versions->empty());
+}
+
+TEST_CASE("the user table line", "[device][table]") {
+    UserTable t;
+    t.name = "disk";
+    t.sectors = 2048;
+    CHECK(t.line() == "0 2048 user 0 2048 disk");
+    t.control = "ctl";
+    CHECK(t.params() == "0 2048 ctl");
+    t.no_discard = true;
+    t.no_write_zeroes = true;
+    CHECK(t.line() == "0 2048 user 0 2048 ctl 2 no_discard no_write_zeroes");
+    t.no_flush = true;
+    t.no_secure_erase = true;
+    t.no_discard = false;
+    t.no_write_zeroes = false;
+    CHECK(t.params() == "0 2048 ctl 2 no_flush no_secure_erase");
+}
+
+TEST_CASE("bad table input is named before any ioctl", "[device][table]") {
+    UserTable t;
+    t.name = "disk";
+    t.sectors = 8;
+    CHECK_FALSE(dmuser::user_table_problem(t));
+    t.sectors = 0;
+    CHECK(dmuser::user_table_problem(t)->find("size") != std::string::npos);
+    t.sectors = 8;
+    t.name = "a/b";
+    CHECK(dmuser::user_table_problem(t)->find("'a/b'") != std::string::npos);
+    t.name = "";
+    CHECK(dmuser::user_table_problem(t));
+    t.name = "ok";
+    t.control = "has space";
+    CHECK(dmuser::user_table_problem(t)->find("control name") != std::string::npos);
+    t.control = std::string(200, 'c');
+    CHECK(dmuser::user_table_problem(t));
+}
+
+TEST_CASE("status lines parse into counters, values and words", "[device][status]") {
+    auto s =
+        UserTargetStatus::parse("  v2.0.0 queued=3 inflight_read=1\tcompleted=18446744073709551615 "
+                                "mode=rw errors=x12 =odd\n");
+    CHECK(s.counter("queued") == 3u);
+    CHECK(s.counter("inflight_read") == 1u);
+    CHECK(s.counter("completed") == 18446744073709551615ull);
+    CHECK_FALSE(s.counter("errors"));
+    CHECK(s.values.at("errors") == "x12");
+    CHECK(s.values.at("mode") == "rw");
+    REQUIRE(s.words.size() == 2);
+    CHECK(s.words[0] == "v2.0.0");
+    CHECK(s.words[1] == "=odd");
+    CHECK(UserTargetStatus::parse("").counters.empty());
+}
