@@ -1,4 +1,120 @@
-# ./dev bench
+# ./dev bench [--quick] [--host-only | --vm-only] [--profile] [--note "what changed"]
+#
+# The benchmark suite (benchmarks/README.md): host micro-benchmarks of the SDK
+# through its fake kernel, then one VM boot in which fio measures every device
+# (brd, null_blk, loop, nbd, the legacy daemon, dmuser-ramdisk, ext4 on it,
+# tmpfs). Writes benchmarks/results/latest.md, chart.png and raw/.
+#   --quick       2 s per figure instead of 6 (a smoke run; noisier)
+#   --profile     also take perf profiles in the guest (about a minute more)
+#   --note TEXT   append a line to benchmarks/results/HISTORY.md: TEXT, and
+#                 dmuser-ramdisk's figures before (the previous run) and after
+
+BENCH_BUILD=build-bench
+
+# bench_build: build what the suite runs. A tree that does not build yet still
+# gets its VM baseline: the daemons that are missing show as "not built".
+bench_build() {
+    if (meson_build "$BENCH_BUILD"); then
+        return 0
+    fi
+    warn "the C++ tree does not build: measuring what is already built"
+}
+
+# bench_host OUT.json: the micro-benchmarks and callgrind, when built.
+bench_host() {
+    local out=$1 bin="$DEV_ROOT/$BENCH_BUILD/benchmarks/host/dmuser-microbench"
+    if [ ! -x "$bin" ]; then
+        warn "no host micro-benchmark built ($BENCH_BUILD/benchmarks/host/dmuser-microbench): skipped"
+        return 0
+    fi
+    say "host micro-benchmarks (the SDK through the fake kernel)"
+    "$DEV_ROOT/benchmarks/host/run.sh" "$bin" "$out" "$BENCH_QUICK" ||
+        warn "host micro-benchmarks failed"
+}
+
+# bench_vm DIR: one boot, the fio suite; its results unpacked into DIR.
+bench_vm() {
+    local dir=$1 log="$1.console" args=()
+    [ "$BENCH_QUICK" = 1 ] && args+=(--quick)
+    [ "$BENCH_PROFILE" = 1 ] && args+=(--profile)
+    say "fio in the VM: one boot, every device (progress below; about 8 minutes)"
+    # The guest's results come back as a base64 tarball between two marker
+    # lines on the console; show everything else as progress.
+    local rc=0
+    {
+        "$DEV_ROOT/dev" vm --mem 3G --timeout 1500 -- \
+            "$DEV_ROOT/benchmarks/vm/fio-suite.sh" --build "$DEV_ROOT/$BENCH_BUILD" "${args[@]}" \
+            2>&1 | tr -d '\r' | tee "$log" |
+            awk '/^==BENCH-TAR-BEGIN==/ { hide = 1; print "  (receiving results)"; fflush(); next }
+                 /^==BENCH-TAR-END==/ { hide = 0; next }
+                 !hide { print "  " $0; fflush() }'
+        rc=${PIPESTATUS[0]}
+    } || true
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    if ! awk '/^==BENCH-TAR-BEGIN==/ { on = 1; next } /^==BENCH-TAR-END==/ { on = 0 }
+              on && /^[A-Za-z0-9+\/=]+$/' "$log" | base64 -d 2>/dev/null | tar -xzf - -C "$dir"; then
+        warn "no results came back from the guest (console: $log)"
+        return 1
+    fi
+    [ "$rc" = 0 ] || warn "./dev vm exited $rc (console: $log); reporting what came back"
+    return 0
+}
+
 dev_bench() {
-    die "./dev bench is not written yet"
+    BENCH_QUICK=0
+    BENCH_PROFILE=0
+    local host=1 vm=1 note=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --quick) BENCH_QUICK=1 ;;
+            --profile) BENCH_PROFILE=1 ;;
+            --host-only) vm=0 ;;
+            --vm-only) host=0 ;;
+            --note) note=$2; shift ;;
+            -h | --help)
+                sed -n '1,/^$/p' "$DEV_ROOT/scripts/dev/bench.sh" | sed 's/^# \{0,1\}//'
+                return 0
+                ;;
+            *) die "./dev bench: unknown option $1 (see ./dev bench --help)" ;;
+        esac
+        shift
+    done
+    local start=$SECONDS work="$DEV_ROOT/$BENCH_BUILD/bench"
+    need_pkgs python3 gnuplot-nox fio nbdkit nbd-client valgrind
+    [ "$BENCH_PROFILE" = 1 ] && need_pkgs linux-perf
+    bench_build
+    mkdir -p "$work"
+    rm -f "$work/host.json"
+    [ "$host" = 1 ] && bench_host "$work/host.json"
+    local report=(--out "$DEV_ROOT/benchmarks/results")
+    if [ "$vm" = 1 ]; then
+        if bench_vm "$work/vm"; then
+            report+=(--vm "$work/vm")
+            bench_keep_raw "$work/vm"
+        fi
+    fi
+    [ -f "$work/host.json" ] && report+=(--host "$work/host.json")
+    [ -n "$note" ] && report+=(--note "$note")
+    say "writing benchmarks/results/"
+    python3 "$DEV_ROOT/benchmarks/report.py" "${report[@]}" >/dev/null || die "report failed"
+    # The goals, as the run ends.
+    sed -n '/^## Goals/,/^## /p' "$DEV_ROOT/benchmarks/results/latest.md" | sed '$d'
+    say "bench took $((SECONDS - start)) s: benchmarks/results/latest.md, chart.png, raw/"
+}
+
+# bench_keep_raw DIR: the fio JSON and the run's side facts under
+# benchmarks/results/raw/, replacing the previous run's.
+bench_keep_raw() {
+    local src=$1 raw="$DEV_ROOT/benchmarks/results/raw" d
+    mkdir -p "$raw"
+    find "$raw" -mindepth 1 -maxdepth 1 ! -name tmp -exec rm -rf {} +
+    cp "$src/meta.txt" "$raw/" 2>/dev/null
+    for d in "$src"/*/; do
+        d=${d%/}
+        mkdir -p "$raw/${d##*/}"
+        find "$d" -maxdepth 1 -type f \( -name '*.json' -o -name '*.iouwrk' -o -name '*.cpu' \
+            -o -name status -o -name note -o -name 'profile.txt' -o -name 'iouwrk-idle' \) \
+            -exec cp {} "$raw/${d##*/}/" \;
+    done
 }

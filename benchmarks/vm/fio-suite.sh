@@ -1,0 +1,446 @@
+#!/usr/bin/env bash
+# Guest side of `./dev bench`: measures every device with fio within ONE boot, so
+# that the figures compare as ratios to brd. Runs as root inside the VM started
+# by `./dev vm`, which has the dm-user module loaded and the host root mounted
+# read-only; everything it writes goes to a tmpfs, and at the end the results
+# leave the guest as a base64 tarball on stdout between two marker lines (the
+# console is the only way out of the guest that ./dev vm guarantees).
+#
+#   fio-suite.sh [--build DIR] [--runtime S] [--ramp S] [--size-mb N]
+#                [--devices "brd nullb ..."] [--profile] [--quick]
+set -uo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+BUILD=$REPO/build-bench
+RUNTIME=6
+RAMP=1
+SIZE_MB=512
+PROFILE=0
+DEVICES="brd nullb loop nbd legacy ramdisk1 ramdisk2 ext4 tmpfs"
+while [ $# -gt 0 ]; do
+    case $1 in
+        --build) BUILD=$2; shift ;;
+        --runtime) RUNTIME=$2; shift ;;
+        --ramp) RAMP=$2; shift ;;
+        --size-mb) SIZE_MB=$2; shift ;;
+        --devices) DEVICES=$2; shift ;;
+        --profile) PROFILE=1 ;;
+        --quick) RUNTIME=2; RAMP=1 ;;
+        *) echo "fio-suite: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+OUT=/tmp/bench-out
+WORK=/tmp/bench-work
+SECTORS=$((SIZE_MB * 2048))
+PY=/usr/bin/python3
+rm -rf "$OUT" "$WORK"
+mkdir -p "$OUT" "$WORK"
+# Keep kernel messages off the console: they would tear the tarball's lines.
+dmesg -n 1 2>/dev/null || true
+
+# The figures: name, fio arguments. Kept in this order: reads first on a device
+# filled by the prefill pass, writes last.
+FIGURES=(
+    "randread-4k-qd1|--rw=randread --bs=4k --iodepth=1 --lat_percentiles=1"
+    "randread-4k-qd32|--rw=randread --bs=4k --iodepth=32"
+    "randwrite-4k-qd32|--rw=randwrite --bs=4k --iodepth=32"
+    "read-1m-qd8|--rw=read --bs=1m --iodepth=8"
+    "write-1m-qd8|--rw=write --bs=1m --iodepth=8"
+)
+read -r -a DEVLIST <<<"$DEVICES"
+TOTAL=$((${#DEVLIST[@]} * ${#FIGURES[@]}))
+STEP=0
+T0=$SECONDS
+
+log() { printf '[bench %4ds] %s\n' $((SECONDS - T0)) "$*"; }
+
+# status DEVICE TEXT: the device's outcome for the report ("ok", "not built: ...",
+# "failed: ...").
+status() { printf '%s\n' "$2" >"$OUT/$1/status"; }
+
+# --- io_uring worker threads --------------------------------------------------
+# iou_wrk_count: "fio=N daemon=N other=N", counting threads named iou-wrk-* by
+# the process that owns them. DAEMON_PIDS holds the pids of the device's daemon.
+DAEMON_PIDS=""
+iou_wrk_count() {
+    local fio=0 daemon=0 other=0 p t c n comm pid
+    for p in /proc/[0-9]*; do
+        n=0
+        for t in "$p"/task/*/comm; do
+            read -r c <"$t" 2>/dev/null || continue
+            case $c in iou-wrk*) n=$((n + 1)) ;; esac
+        done
+        [ "$n" -eq 0 ] && continue
+        pid=${p#/proc/}
+        read -r comm <"$p/comm" 2>/dev/null || comm="?"
+        if [[ " $DAEMON_PIDS " == *" $pid "* ]]; then
+            daemon=$((daemon + n))
+        elif [ "$comm" = fio ]; then
+            fio=$((fio + n))
+        else
+            other=$((other + n))
+        fi
+    done
+    echo "fio=$fio daemon=$daemon other=$other"
+}
+
+# sample_iou_wrk FILE: while fio runs, sample three times after the ramp and
+# keep the largest count of each kind.
+sample_iou_wrk() {
+    local file=$1 s mf=0 md=0 mo=0 f d o
+    sleep "$RAMP"
+    for _ in 1 2 3; do
+        sleep "$(awk -v r="$RUNTIME" 'BEGIN { printf "%.2f", r / 4 }')"
+        s=$(iou_wrk_count)
+        f=${s#fio=}; f=${f%% *}
+        d=${s#*daemon=}; d=${d%% *}
+        o=${s##*other=}
+        [ "$f" -gt "$mf" ] && mf=$f
+        [ "$d" -gt "$md" ] && md=$d
+        [ "$o" -gt "$mo" ] && mo=$o
+    done
+    echo "fio=$mf daemon=$md other=$mo" >"$file"
+}
+
+# --- fio ----------------------------------------------------------------------
+# run_fio DEVICE TARGET DIRECT: the five figures on TARGET (a block device or a
+# file), JSON to $OUT/DEVICE/FIGURE.json.
+run_fio() {
+    local dev=$1 target=$2 direct=$3 fig name args summary sampler=""
+    for fig in "${FIGURES[@]}"; do
+        name=${fig%%|*}
+        args=${fig#*|}
+        STEP=$((STEP + 1))
+        sampler=""
+        if [[ $name == *qd32 ]]; then
+            sample_iou_wrk "$OUT/$dev/$name.iouwrk" &
+            sampler=$!
+        fi
+        local cpu0
+        cpu0=$(head -n 1 /proc/stat)
+        # shellcheck disable=SC2086
+        fio --name="$name" --filename="$target" --size="${SIZE_MB}m" \
+            --ioengine=io_uring --direct="$direct" $args \
+            --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
+            --norandommap --randrepeat=0 --group_reporting \
+            --output-format=json --output="$OUT/$dev/$name.json" \
+            >"$OUT/$dev/$name.log" 2>&1
+        local rc=$?
+        # The whole guest's CPU use during the run (both vCPUs, ramp included).
+        awk -v a="$cpu0" -v b="$(head -n 1 /proc/stat)" 'BEGIN {
+            n = split(a, x, " "); split(b, y, " "); tot = 0
+            for (i = 2; i <= n; i++) tot += y[i] - x[i]
+            idle = (y[5] - x[5]) + (y[6] - x[6])
+            if (tot > 0) printf "%.1f\n", 100 * (tot - idle) / tot }' >"$OUT/$dev/$name.cpu"
+        [ -n "$sampler" ] && wait "$sampler"
+        if [ $rc -ne 0 ]; then
+            log "[$STEP/$TOTAL] $dev $name: fio failed ($(tail -n 1 "$OUT/$dev/$name.log"))"
+            continue
+        fi
+        summary=$($PY - "$OUT/$dev/$name.json" <<'EOF'
+import json, sys
+try:
+    j = json.load(open(sys.argv[1]))
+    job = j["jobs"][0]
+    side = job["read"] if job["read"]["io_bytes"] else job["write"]
+    print(f'{side["iops"]/1000:.1f}k IOPS, {side["bw"]/1024:.0f} MiB/s')
+except Exception as e:
+    print(f"unreadable JSON: {e}")
+EOF
+)
+        local extra=""
+        [ -f "$OUT/$dev/$name.iouwrk" ] && extra=" iou-wrk: $(cat "$OUT/$dev/$name.iouwrk")"
+        log "[$STEP/$TOTAL] $dev $name: $summary$extra"
+    done
+}
+
+# prefill TARGET: write the whole device once, so reads hit real data and
+# writes do not pay first-touch allocation.
+prefill() {
+    dd if=/dev/zero of="$1" bs=1M count="$SIZE_MB" oflag=direct conv=notrunc status=none 2>/dev/null ||
+        dd if=/dev/zero of="$1" bs=1M count="$SIZE_MB" conv=notrunc,fsync status=none
+}
+
+skip_figures() { STEP=$((STEP + ${#FIGURES[@]})); }
+
+# --- the dm-user daemons --------------------------------------------------------
+# The daemons' binaries, as built by meson in $BUILD. Found by name, so that a
+# moved build target only needs this list changed.
+find_bin() {
+    local name=$1 f
+    for f in "$BUILD/examples/$name/$name" "$BUILD/examples/$name" "$BUILD/tests/$name" \
+        "$BUILD/$name"; do
+        [ -x "$f" ] && [ -f "$f" ] && { echo "$f"; return 0; }
+    done
+    return 1
+}
+
+dm_user_loaded() { grep -qw user <(dmsetup targets 2>/dev/null); }
+
+# dm_create NAME: a `user` target of SECTORS on control device NAME, and its
+# /dev/mapper node (no udev in the guest).
+dm_create() {
+    local name=$1
+    dmsetup create "$name" --table "0 $SECTORS user 0 $SECTORS $name" || return 1
+    dmsetup mknodes "$name" >/dev/null 2>&1
+    for _ in $(seq 50); do
+        [ -c "/dev/dm-user/$name" ] && [ -b "/dev/mapper/$name" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+dm_remove() {
+    local name=$1
+    for _ in 1 2 3 4 5; do
+        dmsetup remove "$name" 2>/dev/null && return 0
+        sleep 0.5
+    done
+    dmsetup remove --force "$name" 2>/dev/null
+}
+
+# stop_daemons: the daemons exit on ENOTBLK after dmsetup remove; kill the rest.
+stop_daemons() {
+    local p
+    for p in $DAEMON_PIDS; do
+        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
+        kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
+    done
+    DAEMON_PIDS=""
+}
+
+# start_daemon DEVICE NAME CMD...: run a daemon on /dev/dm-user/NAME, log to
+# the device's folder, and check that it is still alive a moment later.
+start_daemon() {
+    local dev=$1
+    shift 2
+    "$@" >"$OUT/$dev/daemon.log" 2>&1 &
+    DAEMON_PIDS="$DAEMON_PIDS $!"
+    sleep 1
+    kill -0 $! 2>/dev/null
+}
+
+# --- the devices --------------------------------------------------------------
+# setup_X sets TARGET (the fio target) and DIRECT; it returns non-zero, with a
+# reason in $OUT/X/status when it knows one, when the device cannot be
+# measured. teardown_X undoes whatever setup_X got done.
+DIRECT=1
+TARGET=""
+
+setup_brd() {
+    modprobe brd rd_nr=1 rd_size=$((SIZE_MB * 1024)) max_part=0 || return 1
+    TARGET=/dev/ram0
+}
+teardown_brd() { rmmod brd; }
+
+setup_nullb() {
+    modprobe configfs 2>/dev/null
+    mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
+    modprobe null_blk nr_devices=0 || return 1
+    local d=/sys/kernel/config/nullb/bench
+    mkdir "$d" || return 1
+    echo "$SIZE_MB" >"$d/size"
+    echo 1 >"$d/memory_backed"
+    echo 4096 >"$d/blocksize"
+    echo 1 >"$d/power" || return 1
+    for _ in $(seq 20); do
+        [ -b /dev/nullb0 ] && { TARGET=/dev/nullb0; return 0; }
+        sleep 0.1
+    done
+    return 1
+}
+teardown_nullb() {
+    echo 0 >/sys/kernel/config/nullb/bench/power
+    rmdir /sys/kernel/config/nullb/bench
+    rmmod null_blk
+}
+
+setup_loop() {
+    mkdir -p "$WORK/loopfs"
+    mount -t tmpfs -o size=$((SIZE_MB + 64))m tmpfs "$WORK/loopfs" || return 1
+    fallocate -l "${SIZE_MB}M" "$WORK/loopfs/disk" || return 1
+    modprobe loop 2>/dev/null
+    TARGET=$(losetup --find --show "$WORK/loopfs/disk")
+}
+teardown_loop() {
+    losetup -D
+    umount "$WORK/loopfs"
+}
+
+setup_nbd() {
+    command -v nbdkit >/dev/null || { status nbd "not installed: nbdkit"; return 1; }
+    command -v nbd-client >/dev/null || { status nbd "not installed: nbd-client"; return 1; }
+    modprobe nbd nbds_max=2 || return 1
+    nbdkit --foreground --unix "$WORK/nbd.sock" memory "${SIZE_MB}M" \
+        >"$OUT/nbd/daemon.log" 2>&1 &
+    DAEMON_PIDS=$!
+    for _ in $(seq 50); do [ -S "$WORK/nbd.sock" ] && break; sleep 0.1; done
+    nbd-client -unix "$WORK/nbd.sock" /dev/nbd0 -b 4096 >>"$OUT/nbd/daemon.log" 2>&1 || return 1
+    TARGET=/dev/nbd0
+}
+teardown_nbd() {
+    nbd-client -d /dev/nbd0 >/dev/null 2>&1
+    stop_daemons
+    rmmod nbd
+}
+
+# The Part 1 daemon from tests/: blocking reads, one thread per channel.
+setup_legacy() {
+    dm_user_loaded || { status legacy "failed: no dm-user module loaded"; return 1; }
+    local bin
+    bin=$(find_bin legacy-daemon) || { status legacy "not built"; return 1; }
+    dm_create bench-legacy || return 1
+    start_daemon legacy bench-legacy "$bin" /dev/dm-user/bench-legacy "$SECTORS" || return 1
+    TARGET=/dev/mapper/bench-legacy
+}
+teardown_legacy() {
+    dm_remove bench-legacy
+    stop_daemons
+}
+
+# dmuser-ramdisk, the SDK's example, with 1 and 2 threads.
+setup_ramdisk_n() {
+    local dev=$1 threads=$2 name=bench-rd$2
+    dm_user_loaded || { status "$dev" "failed: no dm-user module loaded"; return 1; }
+    local bin
+    bin=$(find_bin dmuser-ramdisk) || { status "$dev" "not built"; return 1; }
+    dm_create "$name" || return 1
+    start_daemon "$dev" "$name" "$bin" --threads "$threads" "/dev/dm-user/$name" || return 1
+    TARGET=/dev/mapper/$name
+}
+setup_ramdisk1() { setup_ramdisk_n ramdisk1 1; }
+setup_ramdisk2() { setup_ramdisk_n ramdisk2 2; }
+teardown_ramdisk1() { dm_remove bench-rd1; stop_daemons; }
+teardown_ramdisk2() { dm_remove bench-rd2; stop_daemons; }
+
+# The 2020 cover letter's measure: a file on ext4 on dm-user, against a file on
+# tmpfs. tmpfs takes no O_DIRECT on 6.1, so that one runs buffered.
+setup_ext4() {
+    setup_ramdisk_n ext4 2 || return 1
+    local dev=$TARGET
+    TARGET=""
+    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$dev" >/dev/null 2>&1 || {
+        status ext4 "failed: mkfs.ext4"
+        return 1
+    }
+    modprobe ext4 2>/dev/null
+    mkdir -p "$WORK/ext4"
+    mount -t ext4 "$dev" "$WORK/ext4" || return 1
+    # fio lays the file out itself; leave room for the filesystem's metadata.
+    SIZE_MB_SAVED=$SIZE_MB
+    SIZE_MB=$((SIZE_MB * 3 / 4))
+    TARGET=$WORK/ext4/fio.dat
+}
+teardown_ext4() {
+    SIZE_MB=${SIZE_MB_SAVED:-$SIZE_MB}
+    umount "$WORK/ext4"
+    teardown_ramdisk2
+}
+
+setup_tmpfs() {
+    mkdir -p "$WORK/tmpfs"
+    mount -t tmpfs -o size=$((SIZE_MB + 64))m tmpfs "$WORK/tmpfs" || return 1
+    SIZE_MB_SAVED=$SIZE_MB
+    SIZE_MB=$((SIZE_MB * 3 / 4))
+    if dd if=/dev/zero of="$WORK/tmpfs/probe" bs=4k count=1 oflag=direct status=none 2>/dev/null; then
+        DIRECT=1
+    else
+        DIRECT=0
+        echo "buffered: tmpfs takes no O_DIRECT" >"$OUT/tmpfs/note"
+    fi
+    rm -f "$WORK/tmpfs/probe"
+    TARGET=$WORK/tmpfs/fio.dat
+}
+teardown_tmpfs() {
+    SIZE_MB=${SIZE_MB_SAVED:-$SIZE_MB}
+    umount "$WORK/tmpfs"
+}
+
+# --- perf, where it works -------------------------------------------------------
+# profile DEVICE TARGET: a system-wide cpu-clock profile of 4K random reads and
+# writes at QD32, the top symbols as text.
+profile() {
+    local dev=$1 target=$2 rw
+    command -v perf >/dev/null || { echo "perf not installed" >"$OUT/$dev/profile.txt"; return; }
+    for rw in randread randwrite; do
+        fio --name=prof --filename="$target" --size="${SIZE_MB}m" --ioengine=io_uring \
+            --direct="$DIRECT" --rw=$rw --bs=4k --iodepth=32 --time_based \
+            --runtime=$((RUNTIME + 2)) --norandommap --randrepeat=0 >/dev/null 2>&1 &
+        local f=$!
+        sleep 1
+        perf record -q -a -g -e cpu-clock -o "$WORK/perf.data" -- sleep "$RUNTIME" \
+            >/dev/null 2>"$OUT/$dev/perf-$rw.err"
+        wait $f
+        {
+            echo "## $dev 4k $rw QD32: perf cpu-clock, whole guest, self time"
+            perf report -i "$WORK/perf.data" --stdio --no-children --sort comm,dso,sym \
+                --percent-limit 0.7 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -50
+            echo "## $dev 4k $rw QD32: by command"
+            perf report -i "$WORK/perf.data" --stdio --no-children --sort comm \
+                -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
+        } >>"$OUT/$dev/profile.txt"
+        rm -f "$WORK/perf.data"
+    done
+    log "$dev: profile taken"
+}
+
+# --- the run ------------------------------------------------------------------
+{
+    echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "kernel=$(uname -r)"
+    echo "guest_cpus=$(nproc)"
+    echo "guest_mem_mb=$(awk '/MemTotal/ { print int($2 / 1024) }' /proc/meminfo)"
+    echo "guest_cpu=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
+    echo "fio=$(fio --version)"
+    echo "size_mb=$SIZE_MB"
+    echo "runtime_s=$RUNTIME"
+    echo "ramp_s=$RAMP"
+    echo "dm_user=$(dmsetup targets 2>/dev/null | awk '$1 == "user" { print $2 }')"
+    echo "devices=$DEVICES"
+} >"$OUT/meta.txt"
+log "fio suite: ${#DEVLIST[@]} devices x ${#FIGURES[@]} figures, ${RUNTIME}s + ${RAMP}s ramp each, ${SIZE_MB} MiB"
+
+for dev in "${DEVLIST[@]}"; do
+    mkdir -p "$OUT/$dev"
+    DIRECT=1
+    DAEMON_PIDS=""
+    if ! declare -F "setup_$dev" >/dev/null; then
+        status "$dev" "failed: unknown device"
+        skip_figures
+        continue
+    fi
+    TARGET=""
+    "setup_$dev" >>"$OUT/$dev/setup.log" 2>&1
+    rc=$?
+    target=$TARGET
+    if [ $rc -ne 0 ] || [ -z "$target" ]; then
+        [ -f "$OUT/$dev/status" ] || status "$dev" "failed: setup ($(tail -n 1 "$OUT/$dev/setup.log" 2>/dev/null))"
+        log "$dev: $(cat "$OUT/$dev/status")"
+        "teardown_$dev" >/dev/null 2>&1
+        skip_figures
+        continue
+    fi
+    log "$dev: $target${DAEMON_PIDS:+ (daemon pids $DAEMON_PIDS)}"
+    case $target in
+        /dev/*) prefill "$target" ;;
+    esac
+    echo "$target" >"$OUT/$dev/target"
+    echo "$DIRECT" >"$OUT/$dev/direct"
+    run_fio "$dev" "$target" "$DIRECT"
+    if [ -n "$DAEMON_PIDS" ]; then
+        echo "idle $(iou_wrk_count)" >"$OUT/$dev/iouwrk-idle"
+    fi
+    if [ "$PROFILE" = 1 ] && [[ $dev == ramdisk2 || $dev == legacy || $dev == brd ]]; then
+        profile "$dev" "$target"
+    fi
+    status "$dev" ok
+    "teardown_$dev" >>"$OUT/$dev/setup.log" 2>&1
+done
+log "fio suite done"
+
+echo "==BENCH-TAR-BEGIN=="
+tar -C "$OUT" -czf - . | base64 -w 76
+echo "==BENCH-TAR-END=="
