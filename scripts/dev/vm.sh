@@ -1,4 +1,315 @@
-# ./dev vm
+# ./dev vm [--mem SIZE] [--timeout SECS] [--no-module] [--] CMD...
+#
+# Boots Debian's own kernel in QEMU with a tiny busybox initramfs that mounts
+# the host's root read-only over 9p and chroots into it, loads dm-mod and a
+# freshly built kernel/dm-user, runs CMD as root in the current directory,
+# streams its output, and exits with CMD's status. A kernel WARNING, BUG,
+# Oops, hung task (and friends) in the guest's dmesg fails the run.
+#
+# Exit status: CMD's status; 1 if CMD succeeded but the kernel log is bad;
+# 124 if CMD ran out of time; 125 if the guest died (panic, boot failure)
+# before CMD finished. Scripts that source this file can call vm_run and
+# read VM_STATUS / VM_DMESG_BAD / VM_JOB themselves (see test-vm.sh).
+#
+# The guest side: scripts/dev/vm-init (initramfs /init) and
+# scripts/dev/vm-guest.sh (runs in the chroot); guest helpers for tests and
+# commands: tests/vm/lib.sh.
+
+VM_DIR="$DEV_ROOT/.vm"
+# Modules the initramfs needs to reach the host's root over virtio 9p.
+VM_INITRAMFS_MODULES=(virtio_pci 9pnet_virtio 9p)
+# Kernel log lines that fail a run. Hung tasks count: nothing we test may
+# block for minutes.
+VM_DMESG_BAD_RE='WARNING:|BUG:|Oops|kernel BUG|general protection|KASAN|UBSAN|list_add corruption|list_del corruption|blocked for more than|hung task|soft lockup|hard LOCKUP|rcu_sched self-detected stall|rcu: INFO|Kernel panic|refcount_t:|bad page state'
+
+# vm_kernel_version: the Debian kernel the guest boots, one with both
+# /boot/vmlinuz-VER and /lib/modules/VER (newest if several).
+vm_kernel_version() {
+    local k ver best=
+    for k in /boot/vmlinuz-*-amd64; do
+        [ -e "$k" ] || continue
+        ver=${k#/boot/vmlinuz-}
+        [ -f "/lib/modules/$ver/modules.dep" ] || continue
+        if [ -z "$best" ] || dpkg --compare-versions "$ver" gt "$best"; then best=$ver; fi
+    done
+    [ -n "$best" ] || die "no kernel with both /boot/vmlinuz-VER and /lib/modules/VER (is linux-image-amd64 installed?)"
+    echo "$best"
+}
+
+# vm_module_closure VER NAME...: the .ko paths (relative to /lib/modules/VER)
+# that load NAME... in dependency order.
+vm_module_closure() {
+    local ver=$1
+    shift
+    awk -v want="$*" -f "$DEV_ROOT/scripts/dev/modules-closure.awk" "/lib/modules/$ver/modules.dep"
+}
+
+# vm_initramfs VER: set VM_INITRD to a cached initramfs for VER, rebuilt
+# when its inputs (init script, busybox, modules) change.
+vm_initramfs() {
+    local ver=$1 out="$VM_DIR/initramfs-$ver.cpio.gz" key mods m lock
+    VM_INITRD=$out
+    exec {lock}>"$VM_DIR/initramfs.lock"
+    flock "$lock"
+    mods=$(vm_module_closure "$ver" "${VM_INITRAMFS_MODULES[@]}")
+    if grep -q '^MISSING' <<<"$mods"; then die "initramfs: modules not found in /lib/modules/$ver: $(grep '^MISSING' <<<"$mods" | tr '\n' ' ')"; fi
+    key=$( {
+        echo "v1 $ver"
+        cat "$DEV_ROOT/scripts/dev/vm-init" "$DEV_ROOT/scripts/dev/vm.sh"
+        stat -c '%n %s %Y' /bin/busybox
+        for m in $mods; do stat -c '%n %s %Y' "/lib/modules/$ver/$m"; done
+    } | sha256sum | cut -d' ' -f1)
+    if [ -f "$out" ] && [ "$(cat "$out.key" 2>/dev/null)" = "$key" ]; then
+        exec {lock}>&-
+        return
+    fi
+    say "building initramfs for $ver" 
+    local root
+    root=$(mktemp -d "$VM_DIR/initramfs.XXXXXX")
+    mkdir -p "$root"/{bin,sbin,dev,proc,sys,host,lib/modules}
+    cp /bin/busybox "$root/bin/busybox"
+    local a
+    for a in sh mount umount mkdir insmod chroot poweroff sleep cat echo ls; do
+        ln -s busybox "$root/bin/$a"
+    done
+    : >"$root/modules.order"
+    for m in $mods; do
+        local base=${m##*/} src="/lib/modules/$ver/$m"
+        case "$base" in
+            *.ko.xz) xz -dc "$src" >"$root/lib/modules/${base%.xz}" && base=${base%.xz} ;;
+            *.ko.zst) zstd -qdc "$src" >"$root/lib/modules/${base%.zst}" && base=${base%.zst} ;;
+            *.ko.gz) gzip -dc "$src" >"$root/lib/modules/${base%.gz}" && base=${base%.gz} ;;
+            *) cp "$src" "$root/lib/modules/$base" ;;
+        esac || die "initramfs: cannot unpack $src"
+        echo "$base" >>"$root/modules.order"
+    done
+    install -m 755 "$DEV_ROOT/scripts/dev/vm-init" "$root/init"
+    # Kernel module autoload runs /sbin/modprobe in the initramfs; hand it to
+    # the host's modprobe inside the chroot, which knows /lib/modules.
+    printf '#!/bin/sh\nexec /bin/chroot /host /sbin/modprobe "$@"\n' >"$root/sbin/modprobe"
+    chmod 755 "$root/sbin/modprobe"
+    (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$out.tmp" ||
+        die "initramfs: cpio failed"
+    mv "$out.tmp" "$out"
+    echo "$key" >"$out.key"
+    rm -rf "$root"
+    exec {lock}>&-
+}
+
+# vm_build_module VER: build kernel/dm-user against VER's headers and set
+# VM_KO to the .ko, or to nothing when the module's tree has no Makefile yet.
+vm_build_module() {
+    local ver=$1 src="$DEV_ROOT/kernel/dm-user" log="$VM_DIR/module-build.log"
+    VM_KO=
+    if [ ! -f "$src/Makefile" ]; then
+        warn "kernel/dm-user has no Makefile yet: booting WITHOUT the dm-user module"
+        return 0
+    fi
+    [ -d "/lib/modules/$ver/build" ] ||
+        die "no headers for $ver: /lib/modules/$ver/build is missing (install linux-headers-amd64)"
+    say "building kernel/dm-user for $ver"
+    # One build at a time: several people share this tree.
+    if ! flock "$VM_DIR/module.lock" nice make -C "$src" KDIR="/lib/modules/$ver/build" \
+        >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        die "module build failed (full log: .vm/module-build.log)"
+    fi
+    if [ -f "$src/dm-user.ko" ]; then
+        VM_KO="$src/dm-user.ko"
+    else
+        VM_KO=$(find "$src" -maxdepth 2 -name '*.ko' | head -n 1)
+    fi
+    [ -n "$VM_KO" ] || die "the module build produced no .ko in kernel/dm-user (log: .vm/module-build.log)"
+}
+
+# vm_accel VER: KVM when /dev/kvm really runs a guest, else TCG. An open-able
+# /dev/kvm is not enough (nested setups fail at the first vCPU run), so boot
+# the kernel once without a root under KVM and cache the verdict.
+vm_accel() {
+    local ver=$1 verdict cache="$VM_DIR/kvm-usable"
+    local key
+    key="$(uname -r) $(qemu-system-x86_64 --version | head -n1) $ver"
+    if [ -n "${VM_NO_KVM:-}" ] || [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
+        verdict=no
+    elif [ -f "$cache" ] && [ "$(head -n1 "$cache")" = "$key" ]; then
+        verdict=$(sed -n 2p "$cache")
+    else
+        verdict=no
+        if timeout 30 qemu-system-x86_64 -accel kvm -cpu host -m 256 -nographic -no-reboot \
+            -nodefaults -serial stdio -kernel "/boot/vmlinuz-$ver" \
+            -append "console=ttyS0 panic=-1" </dev/null 2>&1 | grep -q 'Kernel panic'; then
+            verdict=yes
+        fi
+        printf '%s\n%s\n' "$key" "$verdict" >"$cache"
+    fi
+    if [ "$verdict" = yes ]; then
+        echo "-accel kvm -cpu host"
+    else
+        echo "-accel tcg,thread=multi -cpu max"
+    fi
+}
+
+# The serial console minus carriage returns, the firmware's banner and
+# terminal escapes, line by line so output streams.
+vm_console_filter() {
+    sed -u -e 's/\r$//' -e 's/\x1bc//g' -e 's/\x1b\[[?0-9;]*[a-zA-Z]//g' \
+        -e '/^SeaBIOS (version/d' -e 's/^Booting from ROM\.*//' -e '/^$/d' -e '/reboot: Power down$/d'
+}
+
+# vm_run [--mem SIZE] [--timeout SECS] [--no-module] [--quiet] -- CMD...
+# Boot, run CMD, power off. Sets VM_STATUS (CMD's status, 124 timeout, 125
+# guest died), VM_DMESG_BAD (1 if the kernel log is bad), VM_JOB (the job
+# directory: console.log, dmesg, status; the caller removes it with
+# vm_job_cleanup). Output streams to stdout unless --quiet.
+vm_run() {
+    local mem=2G timeout=${VM_TIMEOUT:-900} module=1 quiet=0
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --mem) mem=$2; shift 2 ;;
+            --mem=*) mem=${1#*=}; shift ;;
+            --timeout) timeout=$2; shift 2 ;;
+            --timeout=*) timeout=${1#*=}; shift ;;
+            --no-module) module=0; shift ;;
+            --quiet) quiet=1; shift ;;
+            --) shift; break ;;
+            -*) die "./dev vm: unknown option $1" ;;
+            *) break ;;
+        esac
+    done
+    [ $# -gt 0 ] || die "usage: ./dev vm [--mem SIZE] [--timeout SECS] [--no-module] [--] CMD..."
+    [[ "$timeout" =~ ^[0-9]+$ ]] || die "--timeout wants seconds, got '$timeout'"
+    need_pkgs "${VM_PKGS[@]}"
+    mkdir -p "$VM_DIR/jobs"
+
+    local ver initrd ko=""
+    ver=$(vm_kernel_version) || exit 1
+    vm_initramfs "$ver"
+    initrd=$VM_INITRD
+    if [ "$module" = 1 ]; then
+        vm_build_module "$ver"
+        ko=$VM_KO
+    fi
+
+    VM_JOB=$(mktemp -d "$VM_DIR/jobs/job.XXXXXX")
+    local cwd=$PWD
+    case "$cwd" in
+        /tmp | /tmp/* | /run | /run/*) warn "the guest has a fresh /tmp and /run: $cwd does not exist there; running in /"; cwd=/ ;;
+    esac
+    # A private copy, so a rebuild during the run cannot swap the module.
+    if [ -n "$ko" ]; then cp "$ko" "$VM_JOB/dm-user.ko"; fi
+    {
+        printf 'VM_KVER=%q\n' "$ver"
+        printf 'VM_TIMEOUT=%q\n' "$timeout"
+        printf 'VM_CWD=%q\n' "$cwd"
+        printf 'VM_MODULE=%q\n' "${ko:+/run/vmjob/dm-user.ko}"
+        printf 'VM_MODULE_SRC=%q\n' "$ko"
+        printf 'DEV_ROOT=%q\n' "$DEV_ROOT"
+    } >"$VM_JOB/env"
+    {
+        printf 'cd -- %q || exit 125\n' "$cwd"
+        printf 'exec'
+        printf ' %q' "$@"
+        printf '\n'
+    } >"$VM_JOB/cmd"
+    printf 'exec /bin/bash %q /run/vmjob\n' "$DEV_ROOT/scripts/dev/vm-guest.sh" >"$VM_JOB/boot"
+
+    # The guest enforces the timeout itself (and dumps blocked tasks); the
+    # host's limit is the backstop for a guest that cannot.
+    local host_limit=$((timeout + 120))
+    local accel
+    accel=$(vm_accel "$ver")
+    local qemu=(qemu-system-x86_64 $accel -smp "${VM_SMP:-2}" -m "$mem"
+        -nographic -no-reboot -nodefaults -serial stdio
+        -kernel "/boot/vmlinuz-$ver" -initrd "$initrd"
+        -append "console=ttyS0 quiet loglevel=4 panic=-1 oops=panic softlockup_panic=1 rdinit=/init"
+        -virtfs "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"
+        -virtfs "local,path=$VM_JOB,mount_tag=job,security_model=none,multidevs=remap")
+    [ "$quiet" = 1 ] || say "booting $ver ($(grep -q kvm <<<"$accel" && echo KVM || echo TCG), ${VM_SMP:-2} cpus, $mem): $*"
+    local start=$SECONDS
+    local qemu_rc=0
+    if [ "$quiet" = 1 ]; then
+        { timeout -k 10 "$host_limit" "${qemu[@]}" </dev/null 2>&1 | vm_console_filter >"$VM_JOB/console.log"
+          qemu_rc=${PIPESTATUS[0]}; } || true
+    else
+        { timeout -k 10 "$host_limit" "${qemu[@]}" </dev/null 2>&1 | vm_console_filter | tee "$VM_JOB/console.log"
+          qemu_rc=${PIPESTATUS[0]}; } || true
+    fi
+    VM_SECONDS=$((SECONDS - start))
+
+    VM_DMESG_BAD=0
+    VM_REASON=
+    if [ -f "$VM_JOB/status" ]; then
+        VM_STATUS=$(cat "$VM_JOB/status")
+        [[ "$VM_STATUS" =~ ^[0-9]+$ ]] || VM_STATUS=125
+    else
+        VM_STATUS=125
+        if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
+            VM_REASON="guest hung: killed after ${host_limit} s"
+        elif grep -q 'Kernel panic' "$VM_JOB/console.log"; then
+            VM_REASON="guest kernel panic: $(grep -m1 'Kernel panic' "$VM_JOB/console.log")"
+        else
+            VM_REASON="guest died before CMD finished (qemu exit $qemu_rc; see console above)"
+        fi
+    fi
+    # A panic leaves no dmesg file; the console carries what it printed.
+    local log="$VM_JOB/dmesg"
+    [ -f "$log" ] || log="$VM_JOB/console.log"
+    if grep -Eq "$VM_DMESG_BAD_RE" "$log"; then VM_DMESG_BAD=1; fi
+    if [ "$VM_STATUS" = 124 ]; then VM_REASON="CMD timed out after ${timeout} s (blocked tasks dumped to the kernel log)"; fi
+    if [ "$VM_STATUS" != 125 ] && [ "$VM_STATUS" != 124 ]; then VM_REASON="CMD exited $VM_STATUS"; fi
+    if [ "$VM_STATUS" = 125 ] && [ -f "$VM_JOB/status" ]; then
+        VM_REASON="guest setup failed: $(grep -m1 '^vm: ' "$VM_JOB/console.log" || echo 'see the console above')"
+    fi
+    return 0
+}
+
+# vm_print_dmesg: the bad part of the guest's kernel log, with context.
+vm_print_dmesg() {
+    local log="$VM_JOB/dmesg"
+    [ -f "$log" ] || log="$VM_JOB/console.log"
+    printf '\033[1;31m---- guest kernel log (%s) ----\033[0m\n' "${log##*/}" >&2
+    # From 5 lines before the first bad line to the end, at most 200 lines.
+    local first
+    first=$(grep -En "$VM_DMESG_BAD_RE" "$log" | head -n1 | cut -d: -f1)
+    first=$((first > 5 ? first - 5 : 1))
+    tail -n +"$first" "$log" | head -n 200 >&2
+    printf '\033[1;31m---- end of guest kernel log ----\033[0m\n' >&2
+}
+
+vm_job_cleanup() {
+    if [ -n "${VM_JOB:-}" ] && [ -z "${VM_KEEP:-}" ]; then rm -rf "$VM_JOB"; fi
+    VM_JOB=
+}
+
 dev_vm() {
-    die "./dev vm is not written yet"
+    case "${1:-}" in
+        -h | --help | "")
+            cat <<'USAGE'
+usage: ./dev vm [--mem SIZE] [--timeout SECS] [--no-module] [--] CMD...
+
+Boots Debian's kernel in QEMU (KVM if usable, else TCG) over the host's root
+(read-only 9p; fresh tmpfs on /tmp and /run), loads dm-mod and a fresh build
+of kernel/dm-user, runs CMD as root in the current directory and exits with
+its status. A kernel WARNING/BUG/Oops/hung task fails the run.
+  --mem SIZE      guest memory (default 2G)
+  --timeout SECS  CMD's time limit (default 900, or $VM_TIMEOUT)
+  --no-module     do not build or load kernel/dm-user
+In CMD, `source tests/vm/lib.sh` for helpers (vm_modload brd, dm_user_create...).
+Env: VM_KEEP=1 keeps .vm/jobs/job.* ; VM_NO_KVM=1 forces TCG; VM_SMP=N cpus.
+USAGE
+            [ -n "${1:-}" ] && return 0
+            exit 2
+            ;;
+    esac
+    vm_run "$@"
+    local rc=$VM_STATUS
+    if [ "$VM_DMESG_BAD" = 1 ]; then
+        # A panic's log already streamed by on the console.
+        [ -f "$VM_JOB/dmesg" ] && vm_print_dmesg
+        warn "the guest kernel log shows a WARNING/BUG/Oops/hung task: run failed"
+        [ "$rc" = 0 ] && rc=1
+    fi
+    if [ "$rc" != 0 ]; then warn "${VM_REASON:-failed} (${VM_SECONDS} s)"; else say "done in ${VM_SECONDS} s"; fi
+    vm_job_cleanup
+    exit "$rc"
 }
