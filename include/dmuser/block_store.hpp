@@ -1,0 +1,72 @@
+// dmuser/block_store.hpp: the BlockStore concept, what a daemon's storage type provides.
+//
+// Required: size() in bytes, read(offset, span<byte>) and write(offset, span<const byte>).
+// Optional, detected at compile time: flush(), discard(offset, len),
+// write_zeroes(offset, len), secure_erase(offset, len), write_fua(offset, data) (a write
+// that is durable when it completes) and read_view(offset, len) (lend the store's own
+// memory for a READ: the reply goes out straight from it, no copy).
+//
+// Each operation may complete at once, returning void or std::error_code, or be a
+// coroutine returning dmuser::task<void> or dmuser::task<std::error_code> that co_awaits
+// backing I/O on dmuser::this_ring(). An error_code equal to
+// std::errc::operation_not_supported answers UNSUPPORTED; any other error answers ERROR;
+// so does an exception, which is logged with its request.
+//
+// Members are called from every server thread at once when the server runs more than one:
+// a store shared by threads must be thread-safe for requests on different ranges.
+#pragma once
+
+#include "dmuser/task.hpp"
+
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <system_error>
+
+namespace dmuser {
+
+// What a store operation may return.
+template <typename R>
+concept store_result = std::same_as<R, void> || std::same_as<R, std::error_code> ||
+    std::same_as<R, task<void>> || std::same_as<R, task<std::error_code>>;
+
+template <typename S>
+concept BlockStore = requires(S& s, std::uint64_t offset, std::span<std::byte> out,
+                              std::span<const std::byte> in) {
+    { s.size() } -> std::convertible_to<std::uint64_t>;
+    { s.read(offset, out) } -> store_result;
+    { s.write(offset, in) } -> store_result;
+};
+
+// Optional members. A store without flush() has no volatile cache: a flush succeeds at once.
+template <typename S>
+concept has_flush = requires(S& s) {
+    { s.flush() } -> store_result;
+};
+template <typename S>
+concept has_discard = requires(S& s, std::uint64_t offset, std::uint64_t len) {
+    { s.discard(offset, len) } -> store_result;
+};
+template <typename S>
+concept has_write_zeroes = requires(S& s, std::uint64_t offset, std::uint64_t len) {
+    { s.write_zeroes(offset, len) } -> store_result;
+};
+template <typename S>
+concept has_secure_erase = requires(S& s, std::uint64_t offset, std::uint64_t len) {
+    { s.secure_erase(offset, len) } -> store_result;
+};
+// Native FUA: the SDK calls write_fua instead of write-then-flush for a FUA write.
+template <typename S>
+concept has_write_fua = requires(S& s, std::uint64_t offset, std::span<const std::byte> in) {
+    { s.write_fua(offset, in) } -> store_result;
+};
+// Zero-copy READ: a span of exactly len bytes that stays valid and unchanged (barring
+// concurrent writes to the same range) until the reply is written, or an empty span to
+// fall back to read().
+template <typename S>
+concept has_read_view = requires(S& s, std::uint64_t offset, std::uint64_t len) {
+    { s.read_view(offset, len) } -> std::convertible_to<std::span<const std::byte>>;
+};
+
+} // namespace dmuser

@@ -1,0 +1,381 @@
+// dmuser/detail/server_impl.hpp: the member functions of dmuser::server (server.hpp).
+#pragma once
+
+#include "dmuser/server.hpp"
+
+#include <cstring>
+#include <poll.h>
+
+namespace dmuser {
+
+template <BlockStore S>
+int server<S>::run() {
+    store_size_ = store_.size();
+    for (unsigned i = 0; i < opts_.channels; ++i) {
+        auto ch = std::make_unique<channel>();
+        ch->fd = source_.open_channel();
+        channels_.push_back(std::move(ch));
+    }
+    module_ = source_.query(channels_.front()->fd.get());
+    whole_messages_ = module_.has_feature(DM_USER_FEATURE_WHOLE_MESSAGE);
+    if (module_.extensions) {
+        const auto& in = module_.info;
+        max_payload_ = in.max_payload;
+        if (max_payload_ == 0 || max_payload_ > (256u << 20))
+            throw std::runtime_error(
+                fmt::format("{}: module reports max_payload {}, outside 1..256 MiB",
+                            source_.describe(), max_payload_));
+        log::info("{}: dm-user {}.{}.{}, features {:#x}, ops {:#x}, max payload {} B, {} B",
+                  source_.describe(), in.version_major, in.version_minor, in.version_patch,
+                  in.features, in.ops, max_payload_, in.device_sectors * sector_size);
+        if (in.device_sectors * sector_size > store_size_)
+            log::warn("device is {} B but the store only {} B: requests past the store fail",
+                      in.device_sectors * sector_size, store_size_);
+        if (opts_.requeue_on_close && module_.has_feature(DM_USER_FEATURE_REQUEUE))
+            for (auto& ch : channels_)
+                if (auto ec =
+                        source_.set_channel_flags(ch->fd.get(), DM_USER_CHANNEL_REQUEUE_ON_CLOSE))
+                    log::warn("{}: DM_USER_CHANNEL_REQUEUE_ON_CLOSE: {}", source_.describe(),
+                              ec.message());
+    } else {
+        max_payload_ = opts_.part1_max_payload;
+        log::info("{}: module without DM_USER_IOC_GET_INFO (Android's Part 1 ABI): one "
+                  "request at a time per channel",
+                  source_.describe());
+    }
+    if (!whole_messages_ && module_.extensions)
+        log::warn("{}: module lacks whole-message reads: one request at a time per channel",
+                  source_.describe());
+
+    const unsigned depth = whole_messages_ ? opts_.depth : 1;
+    const std::size_t first_capacity =
+        header_size +
+        (whole_messages_ ? max_payload_ : std::min<std::uint64_t>(max_payload_, 128u << 10));
+    for (auto& ch : channels_)
+        for (unsigned d = 0; d < depth; ++d) {
+            auto s = std::make_unique<slot>();
+            s->buffer = detail::allocate_pages(first_capacity);
+            s->capacity = first_capacity;
+            ch->slots.push_back(std::move(s));
+        }
+    {
+        std::lock_guard lock(mutex_);
+        for (unsigned t = 0; t < opts_.threads; ++t)
+            workers_.push_back(std::make_unique<worker>());
+        for (std::size_t c = 0; c < channels_.size(); ++c)
+            workers_[c % opts_.threads]->channels.push_back(channels_[c].get());
+    }
+    if (opts_.lock_memory && ::mlockall(MCL_CURRENT | MCL_FUTURE) != 0)
+        log::warn("mlockall: {}; pages may be swapped out under memory pressure",
+                  std::strerror(errno));
+
+    sigset_t stop_signals, old_mask;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    unique_fd signal_fd;
+    if (opts_.handle_signals) {
+        // Blocked before the threads start, so they inherit the mask and only the
+        // signalfd sees SIGINT/SIGTERM.
+        pthread_sigmask(SIG_BLOCK, &stop_signals, &old_mask);
+        signal_fd.reset(::signalfd(-1, &stop_signals, SFD_CLOEXEC | SFD_NONBLOCK));
+        if (!signal_fd)
+            log::warn("signalfd: {}; SIGINT/SIGTERM will not stop the server cleanly",
+                      std::strerror(errno));
+    }
+
+    std::vector<std::thread> threads;
+    for (unsigned t = 1; t < opts_.threads; ++t)
+        threads.emplace_back([this, t] { thread_main(t, -1); });
+    thread_main(0, signal_fd.get());
+    for (auto& th : threads)
+        th.join();
+
+    if (opts_.handle_signals) {
+        // A signal that came while we drained is consumed here rather than killing the
+        // process once unblocked.
+        timespec zero{};
+        while (sigtimedwait(&stop_signals, nullptr, &zero) > 0) {
+        }
+        pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+    }
+    log::info("{}: stopped; {}", source_.describe(), stats().to_string());
+    channels_.clear();
+    return failed_ ? 1 : 0;
+}
+
+template <BlockStore S>
+void server<S>::thread_main(unsigned index, int signal_fd) {
+    worker& w = *workers_[index];
+    if (opts_.io_flusher && ::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0 &&
+        !io_flusher_warned_.exchange(true))
+        log::warn("PR_SET_IO_FLUSHER: {} (needs CAP_SYS_RESOURCE); without it, writeback "
+                  "through this device under memory pressure can deadlock",
+                  std::strerror(errno));
+    try {
+        ring r(opts_.ring_entries);
+        struct unregister {
+            server* self;
+            worker& w;
+            ~unregister() {
+                std::lock_guard lock(self->mutex_);
+                w.r = nullptr;
+            }
+        } registration{this, w};
+        {
+            std::lock_guard lock(mutex_);
+            w.r = &r;
+            if (stop_requested_)
+                w.stopping = true;
+        }
+        for (channel* ch : w.channels)
+            for (auto& s : ch->slots) {
+                ++w.live;
+                spawn(slot_loop(w, *ch, *s), "channel loop");
+            }
+        if (signal_fd >= 0)
+            spawn(watch_signals(w, signal_fd), "signal watcher");
+        if (index == 0 && opts_.stats_interval.count() > 0)
+            spawn(print_stats(w), "stats printer");
+        ++ready_threads_;
+        while (w.live > 0)
+            r.run_once(true);
+    } catch (const std::exception& e) {
+        log::error("server thread {}: {}", index, e.what());
+        request_stop(true);
+    }
+}
+
+template <BlockStore S>
+bool server<S>::check_read_result(worker& w, io_result got) {
+    if (got.res > 0)
+        return true;
+    switch (got.res) {
+    case -ECANCELED:
+    case -EINTR:
+    case -EAGAIN:
+        return false;
+    case 0:
+        w.stopping = true;
+        target_gone("end of file on the channel");
+        return false;
+    case -ENOTBLK:
+        w.stopping = true;
+        target_gone("target removed (ENOTBLK)");
+        return false;
+    default:
+        w.stopping = true;
+        fatal("read", got.error());
+        return false;
+    }
+}
+
+template <BlockStore S>
+void server<S>::reject(worker& w, std::string_view why, const request* req) {
+    w.stats.malformed();
+    if (req)
+        log::error("{}: malformed request rejected ({}): {}", source_.describe(), why,
+                   describe(*req));
+    else
+        log::error("{}: malformed message rejected: {}", source_.describe(), why);
+}
+
+template <BlockStore S>
+task<bool> server<S>::read_whole(worker& w, channel& ch, slot& s, request& req) {
+    io_op rd = w.r->read(ch.fd.get(), std::span(s.buffer.get(), s.capacity), 0);
+    s.pending_read = rd.id();
+    io_result got = co_await rd;
+    s.pending_read = 0;
+    if (!check_read_result(w, got))
+        co_return false;
+    std::size_t n = got.bytes();
+    if (n < header_size) {
+        reject(w, fmt::format("short message of {} bytes", n), nullptr);
+        co_return false;
+    }
+    req = decode_header(std::span<const std::byte, header_size>(s.buffer.get(), header_size));
+    s.bad = {};
+    std::size_t expect = header_size + (req.carries_payload() ? req.len : 0);
+    if (req.carries_payload() && req.len > max_payload_)
+        s.bad = "length over the maximum payload";
+    else if (n < expect)
+        s.bad = "message shorter than its header says";
+    else if (n > expect)
+        s.bad = "message longer than its header says";
+    else if (req.carries_payload())
+        req.payload = std::span<const std::byte>(s.buffer.get() + header_size, req.len);
+    co_return true;
+}
+
+template <BlockStore S>
+task<bool> server<S>::read_fully(worker& w, int fd, std::byte* at, std::size_t n) {
+    while (n > 0) {
+        io_result got = co_await w.r->read(fd, std::span(at, n), 0);
+        if (got.res == -EINTR || got.res == -EAGAIN)
+            continue;
+        if (!check_read_result(w, got))
+            co_return false;
+        at += got.bytes();
+        n -= got.bytes();
+    }
+    co_return true;
+}
+
+template <BlockStore S>
+void server<S>::ensure_capacity(slot& s, std::size_t bytes) {
+    if (bytes <= s.capacity)
+        return;
+    std::size_t cap = s.capacity;
+    while (cap < bytes)
+        cap *= 2;
+    s.buffer = detail::allocate_pages(cap);
+    s.capacity = cap;
+}
+
+template <BlockStore S>
+task<bool> server<S>::read_stream(worker& w, channel& ch, slot& s, request& req) {
+    // Only a read that has not started a request may be cancelled: after the first byte
+    // the request is ours to answer.
+    const int fd = ch.fd.get();
+    io_op rd = w.r->read(fd, std::span(s.buffer.get(), header_size), 0);
+    s.pending_read = rd.id();
+    io_result got = co_await rd;
+    s.pending_read = 0;
+    if (!check_read_result(w, got))
+        co_return false;
+    std::size_t have = got.bytes();
+    if (have < header_size &&
+        !co_await read_fully(w, fd, s.buffer.get() + have, header_size - have))
+        co_return false;
+    req = decode_header(std::span<const std::byte, header_size>(s.buffer.get(), header_size));
+    s.bad = {};
+    if (req.carries_payload() && req.len > max_payload_) {
+        // Consume the payload anyway so the stream stays in step.
+        s.bad = "length over the maximum payload";
+        std::uint64_t left = req.len;
+        while (left > 0) {
+            std::size_t n =
+                static_cast<std::size_t>(std::min<std::uint64_t>(left, s.capacity - header_size));
+            if (!co_await read_fully(w, fd, s.buffer.get() + header_size, n))
+                co_return false;
+            left -= n;
+        }
+        co_return true;
+    }
+    if (req.len <= max_payload_ && (req.type == DM_USER_REQ_MAP_READ || req.carries_payload()))
+        ensure_capacity(s, header_size + req.len);
+    if (req.carries_payload()) {
+        if (!co_await read_fully(w, fd, s.buffer.get() + header_size, req.len))
+            co_return false;
+        req.payload = std::span<const std::byte>(s.buffer.get() + header_size, req.len);
+    }
+    co_return true;
+}
+
+template <BlockStore S>
+task<bool> server<S>::send(worker& w, channel& ch, slot& s, const request& req, const reply& rep) {
+    std::byte* base = s.buffer.get();
+    encode_response(std::span<std::byte, header_size>(base, header_size), req, rep.status);
+    s.iov[0] = iovec{base, header_size};
+    int count = 1;
+    std::size_t left = header_size + rep.data.size();
+    if (!rep.data.empty()) {
+        if (rep.data.data() == base + header_size) {
+            s.iov[0].iov_len += rep.data.size(); // the READ landed right after the header
+        } else {
+            s.iov[1] = iovec{const_cast<std::byte*>(rep.data.data()), rep.data.size()};
+            count = 2;
+        }
+    }
+    iovec* iov = s.iov;
+    for (;;) {
+        io_result got =
+            count == 1
+                ? co_await w.r->write(
+                      ch.fd.get(),
+                      std::span(static_cast<const std::byte*>(iov[0].iov_base), iov[0].iov_len), 0)
+                : co_await w.r->writev(ch.fd.get(), std::span(iov, count), 0);
+        if (got.res == -EINTR || got.res == -EAGAIN)
+            continue;
+        if (got.res == -ENOTBLK) {
+            w.stopping = true;
+            target_gone("target removed (ENOTBLK)");
+            co_return false;
+        }
+        if (got.res <= 0) {
+            log::error("{}: response to {} failed: {}", source_.describe(), describe(req),
+                       got.res == 0 ? std::string("wrote nothing") : got.error().message());
+            co_return false;
+        }
+        std::size_t n = got.bytes();
+        if (n >= left)
+            co_return true;
+        left -= n; // a Part 1 channel may take a response in pieces
+        while (n >= iov[0].iov_len) {
+            n -= iov[0].iov_len;
+            ++iov;
+            --count;
+        }
+        iov[0].iov_base = static_cast<std::byte*>(iov[0].iov_base) + n;
+        iov[0].iov_len -= n;
+    }
+}
+
+template <BlockStore S>
+task<void> server<S>::slot_loop(worker& w, channel& ch, slot& s) {
+    try {
+        request req;
+        while (!w.stopping) {
+            bool got = whole_messages_ ? co_await read_whole(w, ch, s, req)
+                                       : co_await read_stream(w, ch, s, req);
+            if (!got)
+                continue;
+            w.stats.request_started();
+            std::string_view why = s.bad.empty() ? check_request(req, max_payload_, store_size_)
+                                                 : std::string_view(s.bad);
+            reply rep;
+            if (!why.empty()) {
+                reject(w, why, &req);
+                rep.status = result::error;
+            } else {
+                rep = co_await dispatch(
+                    store_, req, std::span(s.buffer.get() + header_size, s.capacity - header_size));
+            }
+            bool sent = co_await send(w, ch, s, req, rep);
+            w.stats.request_finished(req.type, req.len, !sent || rep.status != result::success);
+        }
+    } catch (const std::exception& e) {
+        log::error("{}: channel loop: {}", source_.describe(), e.what());
+        w.stopping = true;
+        request_stop(true);
+    }
+    --w.live;
+}
+
+template <BlockStore S>
+task<void> server<S>::watch_signals(worker& w, int signal_fd) {
+    for (;;) {
+        io_result ready = co_await w.r->poll(signal_fd, POLLIN);
+        if (ready.res < 0)
+            co_return; // cancelled when the ring shuts down
+        signalfd_siginfo si{};
+        if (::read(signal_fd, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+            log::info("{}: {}: answering requests in flight, then stopping", source_.describe(),
+                      strsignal(static_cast<int>(si.ssi_signo)));
+            request_stop(false);
+            co_return;
+        }
+    }
+}
+
+template <BlockStore S>
+task<void> server<S>::print_stats(worker& w) {
+    for (;;) {
+        io_result t = co_await w.r->timeout(opts_.stats_interval);
+        if (t.res == -ECANCELED)
+            co_return;
+        log::info("{}: {}", source_.describe(), stats().to_string());
+    }
+}
+
+} // namespace dmuser

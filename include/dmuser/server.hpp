@@ -1,0 +1,204 @@
+// dmuser/server.hpp: the daemon. Opens C channels on T threads, each thread with its own
+// ring; every request runs as its own coroutine and is answered with one write.
+//
+//   my_store store;
+//   return dmuser::serve(store, {.name = "ctl", .threads = 2});
+//
+// On this project's module (Part 2, found with DM_USER_IOC_GET_INFO) each channel keeps
+// `depth` whole-message reads outstanding, buffers sized once from max_payload. On
+// Android's module (ENOTTY) each channel serves one request at a time, header then
+// payload. run() returns after SIGINT/SIGTERM, stop(), or the target's removal
+// (ENOTBLK), having answered every request it read.
+#pragma once
+
+#include "dmuser/block_store.hpp"
+#include "dmuser/channel_source.hpp"
+#include "dmuser/dispatch.hpp"
+#include "dmuser/log.hpp"
+#include "dmuser/protocol.hpp"
+#include "dmuser/ring.hpp"
+#include "dmuser/spawn.hpp"
+#include "dmuser/stats.hpp"
+#include "dmuser/task.hpp"
+#include "dmuser/unique_fd.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <signal.h>
+#include <string>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/uio.h>
+#include <thread>
+#include <vector>
+
+#ifndef PR_SET_IO_FLUSHER
+#define PR_SET_IO_FLUSHER 57
+#endif
+
+namespace dmuser {
+
+struct server_options {
+    std::string name;      // control name (or path) for serve(): /dev/dm-user/NAME
+    unsigned threads = 1;  // threads, each with its own ring
+    unsigned channels = 0; // channels opened, spread over the threads; 0 = one per thread
+    unsigned depth = 32;   // requests in flight per channel (Part 2 modules)
+    unsigned ring_entries = 256;
+    std::uint64_t part1_max_payload = 16u << 20; // largest request accepted from Part 1
+    bool requeue_on_close = true; // Part 2: a restarted daemon takes over unanswered requests
+    bool io_flusher = true;       // PR_SET_IO_FLUSHER on every server thread
+    bool lock_memory = false;     // mlockall(MCL_CURRENT | MCL_FUTURE)
+    bool handle_signals = true;   // SIGINT / SIGTERM stop the server
+    std::chrono::milliseconds stats_interval{0}; // log stats this often; 0 = never
+};
+
+namespace detail {
+struct free_delete {
+    void operator()(std::byte* p) const noexcept { std::free(p); }
+};
+using page_buffer = std::unique_ptr<std::byte[], free_delete>;
+inline page_buffer allocate_pages(std::size_t bytes) {
+    std::size_t rounded = (bytes + 4095) & ~std::size_t(4095);
+    auto* p = static_cast<std::byte*>(std::aligned_alloc(4096, rounded));
+    if (!p)
+        throw std::bad_alloc();
+    return page_buffer(p);
+}
+} // namespace detail
+
+template <BlockStore S>
+class server {
+public:
+    server(S& store, channel_source& source, server_options opts = {})
+        : store_(store), source_(source), opts_(std::move(opts)) {
+        if (opts_.threads == 0)
+            opts_.threads = 1;
+        if (opts_.channels == 0)
+            opts_.channels = opts_.threads;
+        if (opts_.depth == 0)
+            opts_.depth = 1;
+    }
+    server(const server&) = delete;
+    server& operator=(const server&) = delete;
+
+    // Serves until stopped; 0 after a clean stop, 1 after a fatal error.
+    int run();
+
+    // Stop reading, answer what was read, return from run(). Thread-safe; not
+    // async-signal-safe (run() handles the signals itself).
+    void stop() { request_stop(false); }
+
+    server_stats stats() const {
+        server_stats s;
+        std::lock_guard lock(mutex_);
+        for (auto& w : workers_)
+            w->stats.add_to(s);
+        return s;
+    }
+    const module_info& module() const { return module_; }
+    std::uint64_t max_payload() const { return max_payload_; }
+    // True once every thread's ring is up and its channels are reading.
+    bool ready() const { return ready_threads_.load() == opts_.threads; }
+
+private:
+    struct slot {
+        detail::page_buffer buffer;
+        std::size_t capacity = 0;
+        std::uint64_t pending_read = 0; // io_op id of a read that may be cancelled
+        iovec iov[2]{};
+        std::string bad; // why the request just read is malformed, if it is
+    };
+    struct channel {
+        unique_fd fd;
+        std::vector<std::unique_ptr<slot>> slots;
+    };
+    struct worker {
+        ring* r = nullptr;
+        bool stopping = false;
+        unsigned live = 0; // slot loops still running
+        std::vector<channel*> channels;
+        thread_stats stats;
+    };
+
+    void request_stop(bool failed) {
+        std::lock_guard lock(mutex_);
+        if (failed)
+            failed_ = true;
+        stop_requested_ = true;
+        for (auto& w : workers_)
+            if (w->r) {
+                worker* wp = w.get();
+                w->r->post([this, wp] { stop_worker(*wp); });
+            }
+    }
+    // On the worker's thread: no new reads; cancel the ones waiting for a request.
+    void stop_worker(worker& w) {
+        if (w.stopping)
+            return;
+        w.stopping = true;
+        for (channel* ch : w.channels)
+            for (auto& s : ch->slots)
+                if (s->pending_read)
+                    w.r->request_cancel(s->pending_read);
+    }
+    void target_gone(std::string_view why) {
+        if (!target_gone_.exchange(true))
+            log::info("{}: {}; stopping", source_.describe(), why);
+        request_stop(false);
+    }
+    void fatal(std::string_view what, std::error_code ec) {
+        log::error("{}: {}: {}", source_.describe(), what, ec.message());
+        request_stop(true);
+    }
+
+    void thread_main(unsigned index, int signal_fd);
+    task<void> slot_loop(worker& w, channel& ch, slot& s);
+    task<bool> read_whole(worker& w, channel& ch, slot& s, request& req);
+    task<bool> read_stream(worker& w, channel& ch, slot& s, request& req);
+    task<bool> read_fully(worker& w, int fd, std::byte* at, std::size_t n);
+    task<bool> send(worker& w, channel& ch, slot& s, const request& req, const reply& rep);
+    task<void> watch_signals(worker& w, int signal_fd);
+    task<void> print_stats(worker& w);
+    bool check_read_result(worker& w, io_result got);
+    void ensure_capacity(slot& s, std::size_t bytes);
+    void reject(worker& w, std::string_view why, const request* req);
+
+    S& store_;
+    channel_source& source_;
+    server_options opts_;
+    module_info module_;
+    bool whole_messages_ = false;
+    std::uint64_t max_payload_ = 0;
+    std::uint64_t store_size_ = 0;
+    std::vector<std::unique_ptr<channel>> channels_;
+
+    mutable std::mutex mutex_;
+    std::vector<std::unique_ptr<worker>> workers_;
+    bool stop_requested_ = false;
+    bool failed_ = false;
+    std::atomic<bool> target_gone_{false};
+    std::atomic<unsigned> ready_threads_{0};
+    std::atomic<bool> io_flusher_warned_{false};
+};
+
+// Serves `store` on /dev/dm-user/<opts.name>; returns the process exit status.
+template <BlockStore S>
+int serve(S& store, server_options opts) {
+    try {
+        device_channels source(opts.name);
+        server<S> s(store, source, std::move(opts));
+        return s.run();
+    } catch (const std::exception& e) {
+        log::error("{}", e.what());
+        return 1;
+    }
+}
+
+} // namespace dmuser
+
+#include "dmuser/detail/server_impl.hpp"
