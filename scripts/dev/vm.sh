@@ -158,9 +158,12 @@ vm_console_filter() {
 
 # vm_run [--mem SIZE] [--timeout SECS] [--no-module] [--quiet] -- CMD...
 # Boot, run CMD, power off. Sets VM_STATUS (CMD's status, 124 timeout, 125
-# guest died), VM_DMESG_BAD (1 if the kernel log is bad), VM_JOB (the job
-# directory: console.log, dmesg, status; the caller removes it with
-# vm_job_cleanup). Output streams to stdout unless --quiet.
+# guest died), VM_REASON (one line), VM_DMESG_BAD (1 if the kernel log is
+# bad), VM_SECONDS, VM_JOB (the job directory: console.log, dmesg, status,
+# and what the guest wrote to /run/vmjob; the caller removes it with
+# vm_job_cleanup). Output streams to stdout; --quiet shows only the
+# "vmtest: " progress lines of tests/vm/lib.sh. VM_KO_PREBUILT (set, maybe
+# empty) skips the module build.
 vm_run() {
     local mem=2G timeout=${VM_TIMEOUT:-900} module=1 quiet=0
     while [ $# -gt 0 ]; do
@@ -185,7 +188,9 @@ vm_run() {
     ver=$(vm_kernel_version) || exit 1
     vm_initramfs "$ver"
     initrd=$VM_INITRD
-    if [ "$module" = 1 ]; then
+    if [ "$module" = 1 ] && [ -n "${VM_KO_PREBUILT+set}" ]; then
+        ko=$VM_KO_PREBUILT
+    elif [ "$module" = 1 ]; then
         vm_build_module "$ver"
         ko=$VM_KO
     fi
@@ -228,7 +233,9 @@ vm_run() {
     local start=$SECONDS
     local qemu_rc=0
     if [ "$quiet" = 1 ]; then
-        { timeout -k 10 "$host_limit" "${qemu[@]}" </dev/null 2>&1 | vm_console_filter >"$VM_JOB/console.log"
+        # Only the test runner's progress lines.
+        { timeout -k 10 "$host_limit" "${qemu[@]}" </dev/null 2>&1 | vm_console_filter |
+            tee "$VM_JOB/console.log" | grep --line-buffered '^vmtest: ' | sed -u 's/^vmtest: /    /'
           qemu_rc=${PIPESTATUS[0]}; } || true
     else
         { timeout -k 10 "$host_limit" "${qemu[@]}" </dev/null 2>&1 | vm_console_filter | tee "$VM_JOB/console.log"
