@@ -1,0 +1,204 @@
+#!/bin/bash
+# The module's Part 2 features (spec /work/shared/spec/dm-user-abi.md), one
+# test each, driven by tests/module-probe.c.
+source "$DEV_ROOT/tests/vm/lib.sh"
+PROBE=$VMT_BUILD/tests/module-probe
+
+probe_case() {
+    local case=$1
+    shift
+    need_cmd "$PROBE"
+    dm_user_create p2 8192 p2-ctl "$@" || fail "cannot create the device"
+    timeout 60 "$PROBE" case "$case" /dev/mapper/p2 p2-ctl || fail "probe case $case failed"
+    dm_user_remove p2 || fail "cannot remove the device"
+}
+
+# queue_attr NAME ATTR: /sys/block/dm-N/queue/ATTR of /dev/mapper/NAME.
+queue_attr() {
+    local dm
+    dm=$(basename "$(readlink -f "/dev/mapper/$1")")
+    cat "/sys/block/$dm/queue/$2"
+}
+
+# serve NAME CTL [serve options...]: start the probe's daemon; wait for "ready".
+serve() {
+    local name=$1 ctl=$2
+    shift 2
+    need_cmd "$PROBE"
+    rm -f "/tmp/$name.out"
+    "$PROBE" serve "$ctl" "$@" >"/tmp/$name.out" 2>&1 &
+    VMT_DAEMON_PID[$name]=$!
+    echo "$! $name" >>"$VMT_DAEMONS_FILE"
+    wait_for 10 grep -q ready "/tmp/$name.out" || fail "daemon $name did not start: $(cat "/tmp/$name.out")"
+}
+
+# stats NAME KEY: a counter the stopped daemon wrote to /tmp/NAME.stats.
+stats() { grep -o "\b$2=[0-9]*" "/tmp/$1.stats" | cut -d= -f2; }
+
+# 1. poll() and O_NONBLOCK reads.
+t_poll_nonblock() { probe_case nonblock-poll; }
+
+# 1. io_uring reads at QD32 wait by polling: no iou-wrk thread.
+t_uring_qd32() { probe_case uring-qd32; }
+
+# 2. One read returns one whole request; two responses go in one write.
+t_whole_message() { probe_case whole-message; }
+
+# 3. max_payload bounds every request and GET_INFO reports it.
+t_max_payload() {
+    need_cmd "$PROBE"
+    dm_user_create p2 8192 p2-ctl 2 max_payload 65536 || fail "cannot create the device"
+    [ "$(queue_attr p2 max_sectors_kb)" = 64 ] || fail "max_sectors_kb $(queue_attr p2 max_sectors_kb), wanted 64"
+    PROBE_MAX_PAYLOAD=65536 "$PROBE" case info /dev/mapper/p2 p2-ctl || fail "GET_INFO"
+    "$PROBE" case max-payload /dev/mapper/p2 p2-ctl || fail "a request exceeded max_payload"
+    dm_user_remove p2 || fail "remove"
+    # Out of range values are refused with a message.
+    dmsetup create p2bad --table "0 8192 user 0 8192 p2bad 2 max_payload 1000" 2>/dev/null &&
+        { dmsetup remove p2bad; fail "max_payload 1000 accepted"; }
+    dmesg | tail -n 5 | grep -q 'max_payload must be' || fail "no clear error for a bad max_payload"
+    [ ! -e /dev/dm-user/p2bad ] || fail "a refused table left its control device"
+    PROBE_MAX_PAYLOAD=1048576 probe_case info
+}
+
+# 4. dmsetup status counts; the table line gives the options back.
+t_status() {
+    probe_case status
+    dm_user_create p2 8192 p2-ctl 3 no_discard max_payload 131072 || fail "create"
+    local table
+    table=$(dmsetup table p2)
+    [ "$table" = "0 8192 user 0 8192 p2-ctl 3 no_discard max_payload 131072" ] ||
+        fail "table line: '$table'"
+    dmsetup status p2 | grep -Eq '^0 8192 user queued=0 inflight_read=0 inflight_write=0 inflight_other=0 completed=0 errors=0 channels=0$' ||
+        fail "status line: '$(dmsetup status p2)'"
+    dm_user_remove p2 || fail "remove"
+}
+
+# 5. Hand-over: a second daemon attaches, the first is SIGKILLed mid-I/O;
+# what it held goes back to the queue and fio's verify loses nothing.
+t_handover() {
+    need_cmd fio
+    dm_user_create p2 131072 p2-ctl || fail "create"
+    serve d1 p2-ctl --threads 2 --requeue --store /tmp/p2.store
+    fio --name=handover --filename=/dev/mapper/p2 --rw=randwrite --bs=16k --iodepth=16 \
+        --ioengine=libaio --direct=1 --size=48M --verify=crc32c --verify_fatal=1 \
+        --do_verify=1 --randrepeat=0 --output-format=terse --terse-version=3 \
+        >/tmp/fio.terse 2>/tmp/fio.err &
+    local fio=$!
+    wait_for 20 bash -c "dmsetup status p2 | grep -Eq 'completed=[0-9]{3,}'" ||
+        fail "no I/O reached the first daemon"
+    serve d2 p2-ctl --threads 2 --requeue --store /tmp/p2.store
+    local held
+    held=$(dmsetup status p2)
+    kill -KILL "$(daemon_pid d1)"
+    echo "killed d1 with: $held"
+    wait "$fio" || { cat /tmp/fio.err; fail "fio verify failed after the hand-over"; }
+    awk -F';' '{ print "fio: error", $5, "write KiB", $47 }' /tmp/fio.terse
+    dmsetup status p2
+    dmsetup status p2 | grep -q ' errors=0 ' || fail "requests failed: $(dmsetup status p2)"
+    daemon_stop d2
+    dm_user_remove p2 || fail "remove"
+}
+
+# 6. fsync, blkdiscard and fallocate -z reach the daemon.
+t_flush_discard_zeroes() {
+    dm_user_create p2 65536 p2-ctl || fail "create"
+    [ "$(queue_attr p2 write_cache)" = "write back" ] || fail "write_cache: $(queue_attr p2 write_cache)"
+    [ "$(queue_attr p2 fua)" = 1 ] || fail "fua: $(queue_attr p2 fua)"
+    [ "$(queue_attr p2 discard_max_bytes)" -gt 0 ] || fail "discard_max_bytes 0"
+    [ "$(queue_attr p2 write_zeroes_max_bytes)" -gt 0 ] || fail "write_zeroes_max_bytes 0"
+    serve fl p2-ctl --stats /tmp/fl.stats
+    dd if=/dev/urandom of=/dev/mapper/p2 bs=64k count=4 conv=fsync status=none || fail "dd conv=fsync"
+    dd if=/dev/urandom of=/dev/mapper/p2 bs=4k count=1 oflag=direct,sync status=none || fail "dd oflag=sync"
+    blkdiscard -o 0 -l 1048576 /dev/mapper/p2 || fail "blkdiscard"
+    fallocate -z -o 1048576 -l 1048576 /dev/mapper/p2 || fail "fallocate -z"
+    blkdiscard -z -o 2097152 -l 1048576 /dev/mapper/p2 || fail "blkdiscard -z"
+    # What was written, then discarded or zeroed, reads back as zeros.
+    cmp -n 3145728 <(dd if=/dev/mapper/p2 bs=1M count=3 iflag=direct status=none) /dev/zero ||
+        fail "discarded/zeroed range does not read back as zeros"
+    daemon_stop fl
+    cat /tmp/fl.stats
+    [ "$(stats fl preflush)" -gt 0 ] || fail "no PREFLUSH reached the daemon"
+    [ "$(stats fl discard)" -gt 0 ] || fail "no DISCARD reached the daemon"
+    [ "$(stats fl write_zeroes)" -ge 2 ] || fail "WRITE_ZEROES did not reach the daemon twice"
+    dm_user_remove p2 || fail "remove"
+}
+
+# 6. Each table option turns its operation off.
+t_options_off() {
+    dm_user_create p2 65536 p2-ctl 4 no_flush no_discard no_write_zeroes no_secure_erase || fail "create"
+    [ "$(queue_attr p2 write_cache)" = "write through" ] || fail "write_cache: $(queue_attr p2 write_cache)"
+    [ "$(queue_attr p2 discard_max_bytes)" = 0 ] || fail "discard_max_bytes $(queue_attr p2 discard_max_bytes)"
+    [ "$(queue_attr p2 write_zeroes_max_bytes)" = 0 ] || fail "write_zeroes_max_bytes not 0"
+    serve off p2-ctl --stats /tmp/off.stats
+    PROBE_MAX_PAYLOAD=1048576 "$PROBE" case info /dev/mapper/p2 p2-ctl | grep -q 'ops 0x0 ' ||
+        fail "GET_INFO ops not 0"
+    dd if=/dev/urandom of=/dev/mapper/p2 bs=64k count=4 conv=fsync status=none || fail "dd conv=fsync"
+    blkdiscard -o 0 -l 1048576 /dev/mapper/p2 2>/dev/null && fail "blkdiscard worked with no_discard"
+    # Without write-zeroes support the kernel zeroes by writing.
+    blkdiscard -z -o 0 -l 65536 /dev/mapper/p2 || fail "blkdiscard -z"
+    daemon_stop off
+    cat /tmp/off.stats
+    [ "$(stats off preflush)" = 0 ] || fail "PREFLUSH reached the daemon with no_flush"
+    [ "$(stats off discard)" = 0 ] && [ "$(stats off write_zeroes)" = 0 ] || fail "disabled ops arrived"
+    dm_user_remove p2 || fail "remove"
+}
+
+# 6. UNSUPPORTED answers give the caller EOPNOTSUPP.
+t_unsupported() {
+    probe_case unsupported
+    dm_user_create p2 65536 p2-ctl || fail "create"
+    serve un p2-ctl --unsupported 3
+    local out
+    out=$(blkdiscard -o 0 -l 65536 /dev/mapper/p2 2>&1) && fail "blkdiscard succeeded"
+    echo "blkdiscard: $out"
+    grep -q 'Operation not supported' <<<"$out" || fail "blkdiscard: '$out', wanted EOPNOTSUPP"
+    daemon_stop un
+    dm_user_remove p2 || fail "remove"
+}
+
+# 7. fio with io_uring on /dev/mapper/NAME runs without iou-wrk threads, and
+# so does an io_uring daemon.
+t_nowait_fio_uring() {
+    need_cmd fio
+    dm_user_create p2 131072 p2-ctl || fail "create"
+    serve ur p2-ctl --uring 32 --stats /tmp/ur.stats
+    fio --name=nowait --filename=/dev/mapper/p2 --rw=randrw --bs=4k --iodepth=32 \
+        --ioengine=io_uring --direct=1 --time_based --runtime=6 --size=64M \
+        --output-format=terse --terse-version=3 >/tmp/fio.terse 2>/tmp/fio.err &
+    local fio=$! max=0 n p i
+    sleep 2
+    for i in $(seq 1 15); do
+        for p in $(pgrep -x fio); do
+            n=$(iou_workers "$p")
+            [ "$n" -gt "$max" ] && max=$n
+        done
+        sleep 0.2
+    done
+    wait "$fio" || { cat /tmp/fio.err; fail "fio failed"; }
+    awk -F';' '{ print "fio: error", $5, "read IOPS", $8, "write IOPS", $49 }' /tmp/fio.terse
+    daemon_stop ur
+    cat /tmp/ur.stats
+    [ "$max" = 0 ] || fail "fio ran $max iou-wrk threads"
+    [ "$(stats ur iou_workers)" = 0 ] || fail "the io_uring daemon ran iou-wrk threads"
+    [ "$(stats ur read)" -gt 100 ] || fail "the daemon served too few reads"
+    dm_user_remove p2 || fail "remove"
+}
+
+# 8. The target's version is above Android's 1.0.0.
+t_version() {
+    dmsetup targets | grep -Eq '^user +v2\.0\.0$' || fail "dmsetup targets: $(dmsetup targets | grep user)"
+    probe_case info
+}
+
+vm_test part2-version t_version 120
+vm_test part2-poll-nonblock t_poll_nonblock 120
+vm_test part2-uring-qd32-no-workers t_uring_qd32 120
+vm_test part2-whole-message t_whole_message 120
+vm_test part2-max-payload t_max_payload 180
+vm_test part2-status-counters t_status 180
+vm_test part2-handover-requeue t_handover 300
+vm_test part2-flush-discard-write-zeroes t_flush_discard_zeroes 180
+vm_test part2-options-turn-ops-off t_options_off 180
+vm_test part2-unsupported-eopnotsupp t_unsupported 180
+vm_test part2-nowait-fio-io-uring t_nowait_fio_uring 180
+vm_tests_run

@@ -1,0 +1,43 @@
+#!/bin/bash
+# The module against a daemon that misbehaves or uses the stream in unusual
+# ways: every case is tests/module-probe.c's "case NAME", which drives
+# /dev/dm-user/CTL by hand while its own threads do O_DIRECT I/O on the
+# device. Each must end with the right errno for the daemon, the right result
+# for the I/O, and a clean kernel log; the next case gets a fresh device.
+source "$DEV_ROOT/tests/vm/lib.sh"
+PROBE=$VMT_BUILD/tests/module-probe
+
+# probe_case CASE [TABLE-OPTIONS...]: run one probe case on a fresh device.
+probe_case() {
+    local case=$1
+    shift
+    need_cmd "$PROBE"
+    dm_user_create proto 8192 proto-ctl "$@" || fail "cannot create the device"
+    timeout 60 "$PROBE" case "$case" /dev/mapper/proto proto-ctl || fail "probe case $case failed"
+    dmsetup status proto
+    # Whatever the case did, nothing may be left queued or in flight.
+    dmsetup status proto | grep -q ' queued=0 inflight_read=0 inflight_write=0 inflight_other=0 ' ||
+        fail "requests left behind: $(dmsetup status proto)"
+    dm_user_remove proto || fail "cannot remove the device"
+}
+
+t_unknown_seq() { probe_case unknown-seq; }
+t_unknown_type() { probe_case unknown-type; }
+t_short_header_close() { probe_case short-header-close; }
+t_too_much_payload() { probe_case too-much-payload; }
+t_too_little_payload_close() { probe_case too-little-payload-close; }
+t_pieces() { probe_case pieces; }
+t_other_channel() { probe_case other-channel; }
+t_fault() { probe_case fault; }
+t_channels_256() { probe_case channels; }
+
+vm_test proto-unknown-seq t_unknown_seq 120
+vm_test proto-unknown-type t_unknown_type 120
+vm_test proto-short-header-then-close t_short_header_close 120
+vm_test proto-too-much-payload t_too_much_payload 120
+vm_test proto-too-little-payload-then-close t_too_little_payload_close 120
+vm_test proto-messages-in-pieces t_pieces 120
+vm_test proto-answer-on-other-channel t_other_channel 120
+vm_test proto-read-into-bad-buffer t_fault 120
+vm_test proto-256-channels t_channels_256 180
+vm_tests_run
