@@ -10,8 +10,12 @@ module_build() {
     shift 2
     local log="$VM_DIR/module-$name.log" src="$DEV_ROOT/kernel/dm-user"
     say "building kernel/dm-user for $ver ($name: ${*:-plain})"
-    make -C "$src" KDIR="/lib/modules/$ver/build" clean >/dev/null 2>&1 || true
-    if ! flock "$VM_DIR/module.lock" nice make -C "$src" KDIR="/lib/modules/$ver/build" "$@" \
+    # Clean first so every file is compiled (and checked) again; under the
+    # lock, since the tree is shared.
+    if ! flock "$VM_DIR/module.lock" bash -c '
+        src=$1 kdir=$2; shift 2
+        make -C "$src" KDIR="$kdir" clean >/dev/null 2>&1
+        nice make -C "$src" KDIR="$kdir" "$@"' _ "$src" "/lib/modules/$ver/build" "$@" \
         >"$log" 2>&1; then
         grep -E 'error|warning' "$log" | head -n 40 >&2
         die "kernel/dm-user failed to build for $ver (log: .vm/module-$name.log)"

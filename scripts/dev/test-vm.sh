@@ -105,6 +105,8 @@ vm_tests() {
         summary+=("$(printf '%-28s %4d s' "$stem" "$VM_SECONDS")")
         vm_job_cleanup
     done
+    [ -n "$VM_KO_PREBUILT" ] && rm -f "$VM_KO_PREBUILT"
+    unset VM_KO_PREBUILT
     say "vm test files took $((SECONDS - total_start)) s:"
     printf '    %s\n' "${summary[@]}" >&2
 }

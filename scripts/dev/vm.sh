@@ -108,18 +108,21 @@ vm_build_module() {
     [ -d "/lib/modules/$ver/build" ] ||
         die "no headers for $ver: /lib/modules/$ver/build is missing (install linux-headers-amd64)"
     say "building kernel/dm-user for $ver"
-    # One build at a time: several people share this tree.
-    if ! flock "$VM_DIR/module.lock" nice make -C "$src" KDIR="/lib/modules/$ver/build" \
-        >"$log" 2>&1; then
+    # One build at a time (several people share this tree); take a private
+    # copy of the result under the same lock, so a later rebuild cannot swap
+    # the module under a run.
+    mkdir -p "$VM_DIR/ko"
+    VM_KO="$VM_DIR/ko/dm-user.$BASHPID.ko"
+    if ! flock "$VM_DIR/module.lock" bash -c '
+        nice make -C "$1" KDIR="/lib/modules/$2/build" >"$3" 2>&1 || exit 2
+        ko="$1/dm-user.ko"
+        [ -f "$ko" ] || ko=$(find "$1" -maxdepth 2 -name "*.ko" | head -n 1)
+        [ -n "$ko" ] || exit 3
+        cp "$ko" "$4"' _ "$src" "$ver" "$log" "$VM_KO"; then
         tail -n 40 "$log" >&2
-        die "module build failed (full log: .vm/module-build.log)"
+        VM_KO=
+        die "kernel/dm-user failed to build, or built no .ko (full log: .vm/module-build.log)"
     fi
-    if [ -f "$src/dm-user.ko" ]; then
-        VM_KO="$src/dm-user.ko"
-    else
-        VM_KO=$(find "$src" -maxdepth 2 -name '*.ko' | head -n 1)
-    fi
-    [ -n "$VM_KO" ] || die "the module build produced no .ko in kernel/dm-user (log: .vm/module-build.log)"
 }
 
 # vm_accel VER: KVM when /dev/kvm really runs a guest, else TCG. An open-able
@@ -200,14 +203,17 @@ vm_run() {
     case "$cwd" in
         /tmp | /tmp/* | /run | /run/*) warn "the guest has a fresh /tmp and /run: $cwd does not exist there; running in /"; cwd=/ ;;
     esac
-    # A private copy, so a rebuild during the run cannot swap the module.
-    if [ -n "$ko" ]; then cp "$ko" "$VM_JOB/dm-user.ko"; fi
+    if [ -n "$ko" ]; then
+        cp "$ko" "$VM_JOB/dm-user.ko" || die "cannot copy $ko"
+        # Our own build's copy is spent; a prebuilt one serves more boots.
+        [ -n "${VM_KO_PREBUILT+set}" ] || rm -f "$ko"
+    fi
     {
         printf 'VM_KVER=%q\n' "$ver"
         printf 'VM_TIMEOUT=%q\n' "$timeout"
         printf 'VM_CWD=%q\n' "$cwd"
         printf 'VM_MODULE=%q\n' "${ko:+/run/vmjob/dm-user.ko}"
-        printf 'VM_MODULE_SRC=%q\n' "$ko"
+        printf 'VM_MODULE_SRC=%q\n' "kernel/dm-user"
         printf 'DEV_ROOT=%q\n' "$DEV_ROOT"
     } >"$VM_JOB/env"
     {
