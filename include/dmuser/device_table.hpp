@@ -5,6 +5,7 @@
 // The first start/length pair is device-mapper's own; the second is the target's arguments.
 #pragma once
 
+#include <cctype>
 #include <charconv>
 #include <cstdint>
 #include <fmt/format.h>
@@ -29,7 +30,9 @@ struct UserTable {
     bool no_discard = false;
     bool no_write_zeroes = false;
     bool no_secure_erase = false;
-    std::uint64_t max_payload = 0; // bytes; 0 leaves the module's default
+    // Largest READ/WRITE payload, bytes: a multiple of the page size up to 64 MiB; 0 leaves the
+    // module's default (1 MiB).
+    std::uint64_t max_payload = 0;
 
     const std::string& control_name() const { return control.empty() ? name : control; }
 
@@ -44,8 +47,10 @@ struct UserTable {
             opts.emplace_back("no_write_zeroes");
         if (no_secure_erase)
             opts.emplace_back("no_secure_erase");
-        if (max_payload != 0)
-            opts.push_back(fmt::format("max_payload:{}", max_payload));
+        if (max_payload != 0) { // a keyword and its value: two arguments
+            opts.emplace_back("max_payload");
+            opts.push_back(fmt::format("{}", max_payload));
+        }
         return opts;
     }
 
@@ -66,32 +71,33 @@ struct UserTable {
 };
 
 // Why a UserTable cannot be loaded, or nullopt when it can. Checked before any ioctl, so a bad
-// name fails with a sentence rather than EINVAL.
+// name fails with a sentence rather than EINVAL. The control name follows the module's rule
+// (kernel/dm-user/README.md): 1-64 of [A-Za-z0-9-_.+:@], not "." or "..".
 inline std::optional<std::string> user_table_problem(const UserTable& t) {
-    auto bad_name = [](std::string_view n, std::size_t max) -> std::optional<std::string> {
-        if (n.empty())
-            return "is empty";
-        if (n.size() >= max)
-            return fmt::format("is longer than {} characters", max - 1);
-        if (n == "." || n == "..")
-            return "is not a valid file name";
-        for (char c : n)
-            if (c == '/' || c == ' ' || c == '\t' || c == '\n' ||
-                static_cast<unsigned char>(c) < 32)
-                return "contains '/', white space or a control character";
-        return std::nullopt;
-    };
-    if (auto why = bad_name(t.name, 128))
-        return fmt::format("device name '{}' {}", t.name, *why);
-    if (auto why = bad_name(t.control_name(), 64))
-        return fmt::format("control name '{}' {}", t.control_name(), *why);
+    if (t.name.empty() || t.name.size() >= 128 || t.name == "." || t.name == "..")
+        return fmt::format("device name '{}' must be 1 to 127 characters", t.name);
+    for (char c : t.name)
+        if (c == '/' || static_cast<unsigned char>(c) <= ' ')
+            return fmt::format("device name '{}' contains '/', a space or a control character",
+                               t.name);
+    const auto& ctl = t.control_name();
+    if (ctl.empty() || ctl.size() > 64 || ctl == "." || ctl == "..")
+        return fmt::format("control name '{}' must be 1 to 64 characters", ctl);
+    for (char c : ctl)
+        if (!std::isalnum(static_cast<unsigned char>(c)) &&
+            std::string_view("-_.+:@").find(c) == std::string_view::npos)
+            return fmt::format("control name '{}' may only hold letters, digits and -_.+:@", ctl);
     if (t.sectors == 0)
         return "device size must be at least one 512-byte sector";
+    if (t.max_payload != 0 && (t.max_payload % 4096 != 0 || t.max_payload > (64u << 20)))
+        return fmt::format("max payload {} must be a multiple of 4096 up to 64 MiB", t.max_payload);
     return std::nullopt;
 }
 
 // The status line, as `dmsetup status` prints after "user": whitespace-separated tokens, counters
-// as key=value. Tokens that are not key=value (a version, a feature word) are kept in order.
+// as key=value (the module's: queued, inflight_read, inflight_write, inflight_other, completed,
+// errors, channels). Tokens that are not key=value are kept in order, so a newer module's
+// additions parse too.
 struct UserTargetStatus {
     std::map<std::string, std::uint64_t, std::less<>> counters;
     std::map<std::string, std::string, std::less<>> values; // key=value whose value is not a number

@@ -183,6 +183,9 @@ TEST_CASE("the user table line", "[device][table]") {
     t.no_discard = false;
     t.no_write_zeroes = false;
     CHECK(t.params() == "0 2048 ctl 2 no_flush no_secure_erase");
+    t.no_flush = false;
+    t.max_payload = 4u << 20;
+    CHECK(t.params() == "0 2048 ctl 3 no_secure_erase max_payload 4194304");
 }
 
 TEST_CASE("bad table input is named before any ioctl", "[device][table]") {
@@ -200,8 +203,23 @@ TEST_CASE("bad table input is named before any ioctl", "[device][table]") {
     t.name = "ok";
     t.control = "has space";
     CHECK(dmuser::user_table_problem(t)->find("control name") != std::string::npos);
-    t.control = std::string(200, 'c');
+    t.control = std::string(65, 'c');
     CHECK(dmuser::user_table_problem(t));
+    t.control = std::string(64, 'c');
+    CHECK_FALSE(dmuser::user_table_problem(t));
+    t.control = "a-b_c.d+e:f@g";
+    CHECK_FALSE(dmuser::user_table_problem(t));
+    t.control = "a,b";
+    CHECK(dmuser::user_table_problem(t));
+    t.control = "..";
+    CHECK(dmuser::user_table_problem(t));
+    t.control.clear();
+    t.max_payload = 5000;
+    CHECK(dmuser::user_table_problem(t)->find("max payload") != std::string::npos);
+    t.max_payload = 128u << 20;
+    CHECK(dmuser::user_table_problem(t));
+    t.max_payload = 1u << 20;
+    CHECK_FALSE(dmuser::user_table_problem(t));
 }
 
 TEST_CASE("status lines parse into counters, values and words", "[device][status]") {
