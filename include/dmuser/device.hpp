@@ -46,7 +46,7 @@ public:
                 fail(err, fmt::format("device-mapper is not available ({} is missing): load "
                                       "dm-mod, then the dm-user module",
                                       dm_control_path));
-            fail(err, fmt::format("cannot open {}: {}", dm_control_path, std::strerror(err)));
+            fail(err, fmt::format("cannot open {}", dm_control_path));
         }
     }
     Control(const Control&) = delete;
@@ -56,12 +56,12 @@ public:
     // One ioctl; a reply that did not fit is asked for again with a larger buffer.
     // Returns 0 or the errno.
     int run(unsigned long request, IoctlBuffer& buf) const {
+        const std::uint32_t flags_in = buf.header().flags;
         for (int tries = 0;; ++tries) {
             if (::ioctl(fd_, request, buf.data()) < 0)
                 return errno;
             if (!buf.buffer_full() || tries == 8)
                 return 0;
-            const std::uint32_t flags_in = buf.header().flags & ~DM_BUFFER_FULL_FLAG;
             buf.grow();
             buf.header().flags = flags_in;
         }
@@ -74,7 +74,7 @@ private:
 inline std::vector<TargetVersion> list_versions(const Control& ctl) {
     IoctlBuffer buf;
     if (int err = ctl.run(DM_LIST_VERSIONS, buf))
-        fail(err, fmt::format("DM_LIST_VERSIONS failed: {}", std::strerror(err)));
+        fail(err, "DM_LIST_VERSIONS failed");
     auto versions = buf.versions();
     if (!versions)
         fail(EPROTO, "DM_LIST_VERSIONS returned a malformed list");
@@ -114,8 +114,7 @@ public:
         if (int err = dev.ctl_->run(DM_DEV_CREATE, buf)) {
             if (err == EBUSY)
                 dm::fail(err, fmt::format("device name '{}' is already in use", table.name));
-            dm::fail(err,
-                     fmt::format("cannot create device '{}': {}", table.name, std::strerror(err)));
+            dm::fail(err, fmt::format("cannot create device '{}'", table.name));
         }
         dev.owned_ = true; // from here on, a failure removes what was made
         dev.devno_ = static_cast<dev_t>(buf.header().dev);
@@ -125,15 +124,50 @@ public:
             buf.header().flags |= DM_READONLY_FLAG;
         buf.add_target(0, table.sectors, user_target_type, table.params());
         if (int err = dev.ctl_->run(DM_TABLE_LOAD, buf))
-            dm::fail(err, fmt::format("loading table '{}' for '{}' failed: {} (the kernel log "
-                                      "says why; is /dev/dm-user/{} taken?)",
-                                      table.line(), table.name, std::strerror(err),
-                                      table.control_name()));
+            dm::fail(err, fmt::format("the module refused the table '{}' for '{}' (the kernel "
+                                      "log says why; is /dev/dm-user/{} taken?)",
+                                      table.line(), table.name, table.control_name()));
 
         buf.reset(dm::IoctlBuffer::default_data_size);
         if (int err = dev.ctl_->run(DM_DEV_SUSPEND, buf)) // no DM_SUSPEND_FLAG: resume
-            dm::fail(err, fmt::format("cannot resume '{}': {}", table.name, std::strerror(err)));
+            dm::fail(err, fmt::format("cannot resume '{}'", table.name));
         dev.devno_ = static_cast<dev_t>(buf.header().dev);
+        dev.make_node();
+        return dev;
+    }
+
+    // Takes charge of an existing dm-user device `table.name` (after a daemon was killed, say):
+    // its table must be the `user` target with table.control_name() and table.sectors. The
+    // handle then owns it, and makes the /dev/mapper node if it is missing.
+    static Device adopt(const UserTable& table) {
+        if (auto why = user_table_problem(table))
+            dm::fail(EINVAL, *why);
+        Device dev;
+        dev.table_ = table;
+        if (auto version = dm::find_target(*dev.ctl_, user_target_type))
+            dev.version_ = *version;
+        else
+            dm::fail(ENODEV, "the dm-user module is not loaded (device-mapper has no 'user' "
+                             "target)");
+        dm::IoctlBuffer buf(table.name);
+        buf.header().flags = DM_STATUS_TABLE_FLAG;
+        if (int err = dev.ctl_->run(DM_TABLE_STATUS, buf))
+            dm::fail(err, err == ENXIO ? fmt::format("there is no device '{}'", table.name)
+                                       : fmt::format("cannot read the table of '{}'", table.name));
+        if (!(buf.header().flags & DM_ACTIVE_PRESENT_FLAG))
+            dm::fail(ENXIO, fmt::format("device '{}' has no active table", table.name));
+        auto targets = buf.targets();
+        if (!targets || targets->size() != 1 || (*targets)[0].type != user_target_type ||
+            (*targets)[0].length != table.sectors)
+            dm::fail(EINVAL, fmt::format("device '{}' is not a dm-user device of {} sectors",
+                                         table.name, table.sectors));
+        const auto words = split_words((*targets)[0].params);
+        if (words.size() < 3 || words[2] != table.control_name())
+            dm::fail(EINVAL, fmt::format("device '{}' is served through another control "
+                                         "device than /dev/dm-user/{} (table: '{}')",
+                                         table.name, table.control_name(), (*targets)[0].params));
+        dev.devno_ = static_cast<dev_t>(buf.header().dev);
+        dev.owned_ = true;
         dev.make_node();
         return dev;
     }
@@ -166,8 +200,7 @@ public:
     std::string status_line() const {
         dm::IoctlBuffer buf(table_.name);
         if (int err = ctl_->run(DM_TABLE_STATUS, buf))
-            dm::fail(err,
-                     fmt::format("status of '{}' failed: {}", table_.name, std::strerror(err)));
+            dm::fail(err, fmt::format("cannot read the status of '{}'", table_.name));
         auto targets = buf.targets();
         if (!targets || targets->size() != 1)
             dm::fail(EPROTO, fmt::format("status of '{}': unexpected answer", table_.name));
@@ -203,6 +236,18 @@ public:
 private:
     Device() : ctl_(std::make_unique<dm::Control>()) {}
 
+    static std::vector<std::string> split_words(std::string_view s) {
+        std::vector<std::string> out;
+        std::size_t i = 0;
+        while (i < s.size()) {
+            const auto j = std::min(s.find(' ', i), s.size());
+            if (j > i)
+                out.emplace_back(s.substr(i, j - i));
+            i = j + 1;
+        }
+        return out;
+    }
+
     // /dev/mapper/NAME: what udev would make. A stale node of that name is replaced.
     void make_node() {
         const auto p = path();
@@ -214,8 +259,7 @@ private:
         }
         if (::mknod(p.c_str(), S_IFBLK | 0600, devno_) < 0) {
             const int err = errno;
-            dm::fail(err, fmt::format("cannot make {} ({}:{}): {}", p, major(devno_), minor(devno_),
-                                      std::strerror(err)));
+            dm::fail(err, fmt::format("cannot make {} ({}:{})", p, major(devno_), minor(devno_)));
         }
     }
 

@@ -44,7 +44,7 @@
 namespace dmuser {
 
 struct server_options {
-    std::string name;      // control name (or path) for serve(): /dev/dm-user/NAME
+    std::string name{};    // control name (or path) for serve(): /dev/dm-user/NAME
     unsigned threads = 1;  // threads, each with its own ring
     unsigned channels = 0; // channels opened, spread over the threads; 0 = one per thread
     unsigned depth = 32;   // requests in flight per channel (Part 2 modules)

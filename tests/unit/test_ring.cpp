@@ -1,0 +1,274 @@
+// The reactor: every awaitable, batching, a full SQ, cancellation, cross-thread post.
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <cstring>
+#include <dmuser/file_io.hpp>
+#include <dmuser/ring.hpp>
+#include <dmuser/spawn.hpp>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+using dmuser::io_result;
+using dmuser::ring;
+using dmuser::task;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct temp_file {
+    dmuser::unique_fd fd;
+    std::string path;
+    temp_file() {
+        char tmpl[] = "/tmp/dmuser-test-XXXXXX";
+        fd.reset(::mkstemp(tmpl));
+        REQUIRE(fd);
+        path = tmpl;
+        ::unlink(tmpl);
+    }
+};
+
+std::vector<std::byte> bytes_of(std::string_view s) {
+    std::vector<std::byte> v(s.size());
+    std::memcpy(v.data(), s.data(), s.size());
+    return v;
+}
+
+} // namespace
+
+TEST_CASE("ring: write, read, fsync, fdatasync on a file") {
+    ring r;
+    temp_file f;
+    auto data = bytes_of("hello, ring");
+    auto t = [&]() -> task<std::string> {
+        io_result w = co_await r.write(f.fd.get(), data, 100);
+        REQUIRE(w.res == static_cast<int>(data.size()));
+        REQUIRE((co_await r.fsync(f.fd.get())).ok());
+        REQUIRE((co_await r.fdatasync(f.fd.get())).ok());
+        std::vector<std::byte> back(data.size());
+        io_result rd = co_await r.read(f.fd.get(), back, 100);
+        REQUIRE(rd.res == static_cast<int>(back.size()));
+        co_return std::string(reinterpret_cast<const char*>(back.data()), back.size());
+    };
+    CHECK(r.run(t()) == "hello, ring");
+}
+
+TEST_CASE("ring: readv and writev") {
+    ring r;
+    temp_file f;
+    char a[] = "abc", b[] = "defg";
+    iovec out[2] = {{a, 3}, {b, 4}};
+    char c[4] = {}, d[3] = {};
+    iovec in[2] = {{c, 4}, {d, 3}};
+    auto t = [&]() -> task<void> {
+        CHECK((co_await r.writev(f.fd.get(), out, 0)).res == 7);
+        CHECK((co_await r.readv(f.fd.get(), in, 0)).res == 7);
+    };
+    r.run(t());
+    CHECK(std::string(c, 4) == "abcd");
+    CHECK(std::string(d, 3) == "efg");
+}
+
+TEST_CASE("ring: fallocate punches a hole that reads as zeros") {
+    ring r;
+    temp_file f;
+    std::vector<std::byte> ones(8192, std::byte{1});
+    auto t = [&]() -> task<int> {
+        REQUIRE((co_await r.write(f.fd.get(), ones, 0)).res == 8192);
+        io_result fa =
+            co_await r.fallocate(f.fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096);
+        if (!fa.ok())
+            co_return fa.res; // a filesystem without holes: reported, not hidden
+        std::vector<std::byte> back(8192);
+        REQUIRE((co_await r.read(f.fd.get(), back, 0)).res == 8192);
+        int zeros = 0;
+        for (std::size_t i = 0; i < 4096; ++i)
+            zeros += back[i] == std::byte{0};
+        CHECK(back[4096] == std::byte{1});
+        co_return zeros;
+    };
+    int got = r.run(t());
+    if (got == -EOPNOTSUPP)
+        WARN("/tmp does not support hole punching");
+    else
+        CHECK(got == 4096);
+}
+
+TEST_CASE("ring: fallocate error comes back as -errno") {
+    ring r;
+    auto t = [&]() -> task<int> { co_return (co_await r.fallocate(-1, 0, 0, 4096)).res; };
+    CHECK(r.run(t()) == -EBADF);
+}
+
+TEST_CASE("ring: poll waits for a pipe to become readable") {
+    ring r;
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    dmuser::unique_fd rd(p[0]), wr(p[1]);
+    bool polled = false;
+    auto poller = [&]() -> task<void> {
+        io_result ev = co_await r.poll(rd.get(), POLLIN);
+        CHECK((ev.res & POLLIN) != 0);
+        polled = true;
+    };
+    dmuser::spawn(poller());
+    auto writer = [&]() -> task<void> {
+        co_await r.timeout(5ms);
+        CHECK_FALSE(polled);
+        CHECK(::write(wr.get(), "x", 1) == 1);
+        while (!polled)
+            co_await r.timeout(1ms);
+    };
+    r.run(writer());
+    CHECK(polled);
+}
+
+TEST_CASE("ring: timeout fires with -ETIME after its delay") {
+    ring r;
+    auto t0 = std::chrono::steady_clock::now();
+    auto t = [&]() -> task<int> { co_return (co_await r.timeout(20ms)).res; };
+    CHECK(r.run(t()) == -ETIME);
+    CHECK(std::chrono::steady_clock::now() - t0 >= 20ms);
+}
+
+TEST_CASE("ring: cancel ends a pending read with -ECANCELED, buffer untouched after") {
+    ring r;
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    dmuser::unique_fd rd(p[0]), wr(p[1]);
+    std::byte buf[16];
+    std::uint64_t id = 0;
+    int read_res = 1;
+    auto reader = [&]() -> task<void> {
+        dmuser::io_op op = r.read(rd.get(), buf, 0);
+        id = op.id();
+        read_res = (co_await op).res;
+    };
+    dmuser::spawn(reader());
+    auto canceller = [&]() -> task<int> {
+        co_await r.timeout(2ms);
+        co_return (co_await r.cancel(id)).res;
+    };
+    CHECK(r.run(canceller()) == 0);
+    auto settle = [&]() -> task<void> { co_await r.timeout(1ms); };
+    r.run(settle());
+    CHECK(read_res == -ECANCELED);
+    CHECK(r.cancel_fd(rd.get()).id() != 0); // an op never awaited submits nothing
+}
+
+TEST_CASE("ring: cancel_fd cancels every operation on the fd") {
+    ring r;
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    dmuser::unique_fd rd(p[0]), wr(p[1]);
+    std::byte bufs[4][8];
+    int cancelled = 0;
+    auto reader = [&](std::byte* at) -> task<void> {
+        if ((co_await r.read(rd.get(), std::span(at, 8), 0)).res == -ECANCELED)
+            ++cancelled;
+    };
+    for (auto& b : bufs)
+        dmuser::spawn(reader(b));
+    auto t = [&]() -> task<int> {
+        co_await r.timeout(2ms);
+        int n = (co_await r.cancel_fd(rd.get())).res;
+        co_await r.timeout(2ms);
+        co_return n;
+    };
+    CHECK(r.run(t()) == 4);
+    CHECK(cancelled == 4);
+}
+
+TEST_CASE("ring: a full submission queue is flushed and retried") {
+    ring r(4); // 4 SQEs, 64 operations queued before the loop runs
+    temp_file f;
+    std::vector<std::byte> data(64 * 512);
+    for (std::size_t i = 0; i < data.size(); ++i)
+        data[i] = static_cast<std::byte>(i / 512);
+    int done = 0;
+    auto writer = [&](int k) -> task<void> {
+        auto part = std::span(data).subspan(k * 512, 512);
+        if ((co_await r.write(f.fd.get(), part, k * 512)).res == 512)
+            ++done;
+    };
+    for (int i = 0; i < 64; ++i)
+        dmuser::spawn(writer(i));
+    auto wait = [&]() -> task<void> {
+        while (done < 64)
+            co_await r.timeout(1ms);
+    };
+    r.run(wait());
+    std::vector<std::byte> back(data.size());
+    REQUIRE(::pread(f.fd.get(), back.data(), back.size(), 0) == static_cast<ssize_t>(back.size()));
+    CHECK(back == data);
+}
+
+TEST_CASE("ring: post runs a function on the ring's thread, from another thread") {
+    ring r;
+    std::thread::id ran_on;
+    std::thread other([&] {
+        r.post([&] {
+            ran_on = std::this_thread::get_id();
+            r.stop();
+        });
+    });
+    r.run();
+    other.join();
+    CHECK(ran_on == std::this_thread::get_id());
+}
+
+TEST_CASE("ring: destruction cancels and reaps operations still in flight") {
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    dmuser::unique_fd rd(p[0]), wr(p[1]);
+    int res = 1;
+    auto buffer = std::make_unique<std::byte[]>(64);
+    {
+        ring r;
+        auto reader = [&]() -> task<void> {
+            res = (co_await r.read(rd.get(), std::span(buffer.get(), 64), 0)).res;
+        };
+        dmuser::spawn(reader());
+        CHECK(r.in_flight() >= 2); // the read and the ring's own wake-up
+    }
+    CHECK(res == -ECANCELED);
+    // The pipe's data after the ring is gone lands nowhere.
+    CHECK(::write(wr.get(), "late", 4) == 4);
+}
+
+TEST_CASE("this_ring is the ring of the calling thread") {
+    CHECK(dmuser::ring::current() == nullptr);
+    CHECK_THROWS_AS(dmuser::this_ring(), std::logic_error);
+    {
+        ring r;
+        CHECK(&dmuser::this_ring() == &r);
+    }
+    CHECK(dmuser::ring::current() == nullptr);
+}
+
+TEST_CASE("file_io: read_at and write_at move whole buffers; past EOF reads zeros") {
+    ring r;
+    temp_file f;
+    std::vector<std::byte> data(100000);
+    for (std::size_t i = 0; i < data.size(); ++i)
+        data[i] = static_cast<std::byte>(i * 7);
+    auto t = [&]() -> task<bool> {
+        REQUIRE_FALSE(co_await dmuser::write_at(f.fd.get(), data, 4096));
+        std::vector<std::byte> back(data.size() + 5000, std::byte{0xff});
+        REQUIRE_FALSE(co_await dmuser::read_at(f.fd.get(), back, 4096));
+        for (std::size_t i = data.size(); i < back.size(); ++i)
+            if (back[i] != std::byte{0})
+                co_return false;
+        back.resize(data.size());
+        co_return back == data;
+    };
+    CHECK(r.run(t()));
+    auto bad = [&]() -> task<std::error_code> {
+        std::byte b[4];
+        co_return co_await dmuser::read_at(-1, b, 0);
+    };
+    CHECK(r.run(bad()) == std::errc::bad_file_descriptor);
+}

@@ -1,0 +1,358 @@
+// The server against the fake kernel: both module behaviours, concurrency, shutdown,
+// malformed input, stats.
+#include "server_fixture.hpp"
+
+#include <dmuser/dispatch.hpp>
+#include <future>
+
+using dmuser::testing::fake_kernel;
+using dmuser::testing::fake_options;
+using dmuser::testing::fake_request;
+using dmuser::testing::fake_response;
+using test::mem_store;
+using test::pattern;
+using test::running_server;
+using namespace std::chrono_literals;
+
+namespace {
+
+fake_options part1() {
+    fake_options o;
+    o.part2 = false;
+    return o;
+}
+
+void check_round_trip(fake_kernel& k, std::uint64_t offset, std::size_t len, unsigned seed) {
+    auto data = pattern(len, seed);
+    REQUIRE(k.write(offset, data).result == DM_USER_RESP_SUCCESS);
+    fake_response rd = k.read(offset, len);
+    REQUIRE(rd.result == DM_USER_RESP_SUCCESS);
+    CHECK(rd.data == data);
+}
+
+std::vector<std::string> logged;
+std::mutex log_mutex;
+void capture(dmuser::log::level, std::string_view line) {
+    std::lock_guard lock(log_mutex);
+    logged.emplace_back(line);
+}
+bool logged_has(std::string_view s) {
+    std::lock_guard lock(log_mutex);
+    for (auto& l : logged)
+        if (l.find(s) != std::string::npos)
+            return true;
+    return false;
+}
+struct log_capture {
+    dmuser::log::sink_fn old;
+    log_capture() {
+        std::lock_guard lock(log_mutex);
+        logged.clear();
+        old = dmuser::log::set_sink(&capture);
+    }
+    ~log_capture() { dmuser::log::set_sink(old); }
+};
+
+} // namespace
+
+TEST_CASE("server, Part 2: reads and writes round-trip, stats count them") {
+    fake_kernel k;
+    mem_store store(k.options().device_bytes);
+    running_server s(store, k, {.depth = 4});
+    CHECK(s.srv.module().extensions);
+    CHECK(s.srv.max_payload() == k.options().max_payload);
+    check_round_trip(k, 0, 4096, 1);
+    check_round_trip(k, 1 << 20, 128 << 10, 2); // exactly max_payload
+    check_round_trip(k, 512, 512, 3);
+    CHECK(s.stop() == 0);
+    auto st = s.srv.stats();
+    CHECK(st.ops[0].requests == 3);
+    CHECK(st.ops[1].requests == 3);
+    CHECK(st.ops[1].bytes == 4096 + (128 << 10) + 512);
+    CHECK(st.total_errors() == 0);
+    CHECK(st.in_flight == 0);
+    CHECK(k.violations().empty());
+    CHECK(k.channel_flags() == DM_USER_CHANNEL_REQUEUE_ON_CLOSE);
+}
+
+TEST_CASE("server, Part 1: header then payload, one request at a time per channel") {
+    fake_kernel k(part1());
+    mem_store store(k.options().device_bytes);
+    running_server s(store, k, {.channels = 2});
+    CHECK_FALSE(s.srv.module().extensions);
+    check_round_trip(k, 0, 4096, 4);
+    check_round_trip(k, 8192, 1 << 20, 5); // bigger than the first buffer: it grows
+    CHECK(s.stop() == 0);
+    CHECK(s.srv.stats().in_flight_high_water == 1);
+    CHECK(k.violations().empty());
+}
+
+TEST_CASE("server, Part 1: requests arriving in small pieces (short reads)") {
+    fake_options o = part1();
+    o.piece = 7;
+    fake_kernel k(o);
+    mem_store store(k.options().device_bytes);
+    running_server s(store, k);
+    check_round_trip(k, 4096, 3000, 6);
+    check_round_trip(k, 0, 65536, 7);
+    CHECK(s.stop() == 0);
+    CHECK(k.violations().empty());
+}
+
+TEST_CASE("server: flush, discard, write_zeroes, FUA and unsupported ops over the wire") {
+    for (bool p2 : {true, false}) {
+        fake_options o;
+        o.part2 = p2;
+        fake_kernel k(o);
+        mem_store store(k.options().device_bytes);
+        running_server s(store, k);
+        CHECK(k.flush().result == DM_USER_RESP_SUCCESS);
+        CHECK(store.flushes == 1);
+        auto data = pattern(8192, 8);
+        CHECK(k.write(0, data, DM_USER_REQ_MAP_FLAG_FUA).result == DM_USER_RESP_SUCCESS);
+        CHECK(store.flushes == 2);
+        CHECK(k.op(DM_USER_REQ_MAP_DISCARD, 0, 4096).result == DM_USER_RESP_SUCCESS);
+        CHECK(k.op(DM_USER_REQ_MAP_WRITE_ZEROES, 4096, 4096).result == DM_USER_RESP_SUCCESS);
+        CHECK(k.read(0, 8192).data == std::vector<std::byte>(8192));
+        CHECK(k.op(DM_USER_REQ_MAP_SECURE_ERASE, 0, 4096).result == DM_USER_RESP_UNSUPPORTED);
+        CHECK(k.op(DM_USER_REQ_MAP_WRITE_SAME, 0, 4096).result == DM_USER_RESP_UNSUPPORTED);
+        CHECK(s.stop() == 0);
+        CHECK(k.violations().empty());
+    }
+}
+
+TEST_CASE("server: READ answered from the store's own pages (read_view)") {
+    fake_kernel k;
+    test::lending_store store(k.options().device_bytes);
+    running_server s(store, k);
+    check_round_trip(k, 65536, 32768, 9);
+    CHECK(s.stop() == 0);
+}
+
+namespace {
+// Each request sleeps for the time its first byte says, so answers come out of order.
+struct delaying_store {
+    std::vector<std::byte> mem = std::vector<std::byte>(1 << 20);
+    std::atomic<int> started{0};
+    std::uint64_t size() const { return mem.size(); }
+    dmuser::task<std::error_code> read(std::uint64_t off, std::span<std::byte> out) {
+        ++started;
+        co_await dmuser::this_ring().timeout(
+            std::chrono::milliseconds(std::to_integer<int>(mem[off])));
+        std::memcpy(out.data(), mem.data() + off, out.size());
+        co_return std::error_code{};
+    }
+    dmuser::task<std::error_code> write(std::uint64_t off, std::span<const std::byte> in) {
+        ++started;
+        co_await dmuser::this_ring().timeout(
+            std::chrono::milliseconds(std::to_integer<int>(in[0])));
+        std::memcpy(mem.data() + off, in.data(), in.size());
+        co_return std::error_code{};
+    }
+};
+} // namespace
+
+TEST_CASE("server, Part 2: requests complete out of order on one channel") {
+    fake_kernel k;
+    delaying_store store;
+    for (int i = 0; i < 8; ++i)
+        store.mem[i * 4096] = static_cast<std::byte>(5 + (8 - i) * 8); // first sent, last done
+    running_server s(store, k, {.depth = 8});
+    std::mutex m;
+    std::vector<int> order;
+    std::vector<std::future<fake_response>> answers;
+    std::atomic<int> done{0};
+    for (int i = 0; i < 8; ++i)
+        k.submit(fake_request{DM_USER_REQ_MAP_READ, 0, static_cast<std::uint64_t>(i * 8), 4096, {}},
+                 [&, i](fake_response r) {
+                     CHECK(r.result == DM_USER_RESP_SUCCESS);
+                     std::lock_guard lock(m);
+                     order.push_back(i);
+                     ++done;
+                 });
+    while (done < 8)
+        std::this_thread::sleep_for(1ms);
+    CHECK(order.front() == 7);
+    CHECK(order.back() == 0);
+    CHECK(s.srv.stats().in_flight_high_water == 8);
+    CHECK(s.stop() == 0);
+    CHECK(k.violations().empty());
+}
+
+TEST_CASE("server: many channels on many threads") {
+    fake_kernel k;
+    mem_store store(k.options().device_bytes);
+    running_server s(store, k, {.threads = 3, .channels = 6, .depth = 4});
+    CHECK(k.channels_opened() == 6);
+    std::vector<std::thread> clients;
+    std::atomic<int> bad{0};
+    for (int c = 0; c < 6; ++c)
+        clients.emplace_back([&, c] {
+            for (int i = 0; i < 50; ++i) {
+                std::uint64_t off = (static_cast<std::uint64_t>(c) << 20) + i * 8192;
+                auto data = pattern(8192, c * 100 + i);
+                if (k.write(off, data).result != DM_USER_RESP_SUCCESS ||
+                    k.read(off, 8192).data != data)
+                    ++bad;
+            }
+        });
+    for (auto& t : clients)
+        t.join();
+    CHECK(bad == 0);
+    CHECK(s.stop() == 0);
+    CHECK(s.srv.stats().total_requests() == 600);
+    CHECK(k.violations().empty());
+}
+
+TEST_CASE("server: stop answers every request in flight first") {
+    for (bool p2 : {true, false}) {
+        fake_options o;
+        o.part2 = p2;
+        fake_kernel k(o);
+        delaying_store store;
+        std::memset(store.mem.data(), 30, store.mem.size()); // each READ takes 30 ms
+        running_server s(store, k, {.channels = p2 ? 1u : 10u, .depth = 16});
+        std::vector<std::future<fake_response>> answers;
+        for (int i = 0; i < 10; ++i)
+            answers.push_back(k.submit(fake_request{DM_USER_REQ_MAP_READ, 0, 0, 512, {}}));
+        while (store.started < 10)
+            std::this_thread::sleep_for(1ms);
+        CHECK(s.stop() == 0);
+        for (auto& a : answers)
+            CHECK(a.get().result == DM_USER_RESP_SUCCESS);
+        CHECK(k.pending_count() == 0);
+        CHECK(k.violations().empty());
+    }
+}
+
+TEST_CASE("server: the target's removal (end of file / ENOTBLK) stops it cleanly") {
+    for (bool p2 : {true, false}) {
+        fake_options o;
+        o.part2 = p2;
+        fake_kernel k(o);
+        mem_store store(k.options().device_bytes);
+        log_capture logs;
+        running_server s(store, k, {.threads = 2, .channels = 2});
+        check_round_trip(k, 0, 4096, 10);
+        k.remove_target();
+        CHECK(s.join() == 0);
+        CHECK(logged_has("stopping"));
+    }
+}
+
+TEST_CASE("server, Part 2: malformed messages are rejected, the rest keeps running") {
+    fake_kernel k;
+    mem_store store(k.options().device_bytes);
+    log_capture logs;
+    running_server s(store, k, {.depth = 2});
+    std::vector<std::byte> junk(10, std::byte{0x5a});
+    k.inject(0, junk); // shorter than a header: nothing to answer
+    dmuser::request h;
+
+    h.type = 99; // unknown type
+    CHECK(k.inject_request(0, h, {}).get().result == DM_USER_RESP_ERROR);
+
+    h.type = DM_USER_REQ_MAP_WRITE; // payload shorter than len
+    h.len = 4096;
+    CHECK(k.inject_request(0, h, pattern(100, 1)).get().result == DM_USER_RESP_ERROR);
+
+    h.len = 4096; // payload longer than len
+    CHECK(k.inject_request(0, h, pattern(5000, 1)).get().result == DM_USER_RESP_ERROR);
+
+    h.len = k.options().max_payload * 2; // over the maximum
+    CHECK(k.inject_request(0, h, pattern(h.len, 1)).get().result == DM_USER_RESP_ERROR);
+
+    h.type = DM_USER_REQ_MAP_READ; // a READ carrying a payload
+    h.len = 512;
+    CHECK(k.inject_request(0, h, pattern(512, 1)).get().result == DM_USER_RESP_ERROR);
+
+    h.sector = k.options().device_bytes / 512; // past the end
+    CHECK(k.inject_request(0, h, {}).get().result == DM_USER_RESP_ERROR);
+
+    check_round_trip(k, 0, 4096, 11); // still serving
+    CHECK(s.stop() == 0);
+    CHECK(s.srv.stats().malformed == 7);
+    CHECK(logged_has("short message of 10 bytes"));
+    CHECK(logged_has("unknown request type"));
+    CHECK(logged_has("message shorter than its header says"));
+    CHECK(logged_has("message longer than its header says"));
+    CHECK(logged_has("length over the maximum payload"));
+    CHECK(logged_has("range beyond the end of the store"));
+    CHECK(k.violations().empty());
+}
+
+TEST_CASE("server, Part 1: malformed requests are rejected and the stream stays in step") {
+    fake_kernel k(part1());
+    mem_store store(k.options().device_bytes);
+    log_capture logs;
+    running_server s(store, k, {.part1_max_payload = 64 << 10});
+    dmuser::request h;
+    h.type = 42;
+    CHECK(k.inject_request(0, h, {}).get().result == DM_USER_RESP_ERROR);
+    h.type = DM_USER_REQ_MAP_WRITE; // over the maximum, payload skipped
+    h.len = 256 << 10;
+    CHECK(k.inject_request(0, h, pattern(h.len, 2)).get().result == DM_USER_RESP_ERROR);
+    check_round_trip(k, 0, 65536, 12);
+    CHECK(s.stop() == 0);
+    CHECK(s.srv.stats().malformed == 2);
+    CHECK(k.violations().empty());
+}
+
+TEST_CASE("server: a store's exception answers ERROR and the server goes on") {
+    struct flaky : mem_store {
+        using mem_store::mem_store;
+        void write(std::uint64_t off, std::span<const std::byte> in) {
+            if (off == 0)
+                throw std::runtime_error("sector 0 is cursed");
+            mem_store::write(off, in);
+        }
+    };
+    fake_kernel k;
+    flaky store(k.options().device_bytes);
+    log_capture logs;
+    running_server s(store, k);
+    CHECK(k.write(0, pattern(512, 1)).result == DM_USER_RESP_ERROR);
+    check_round_trip(k, 4096, 512, 13);
+    CHECK(s.stop() == 0);
+    CHECK(logged_has("sector 0 is cursed"));
+    CHECK(s.srv.stats().ops[1].errors == 1);
+}
+
+TEST_CASE("server: requests queued before the daemon starts are served") {
+    fake_kernel k;
+    mem_store store(k.options().device_bytes);
+    auto early = k.submit(fake_request{DM_USER_REQ_MAP_WRITE, 0, 0, 512, pattern(512, 14)});
+    running_server s(store, k);
+    CHECK(early.get().result == DM_USER_RESP_SUCCESS);
+    CHECK(k.read(0, 512).data == pattern(512, 14));
+    CHECK(s.stop() == 0);
+}
+
+TEST_CASE("server: with REQUEUE_ON_CLOSE a new daemon takes over unanswered requests") {
+    fake_kernel k;
+    mem_store store(k.options().device_bytes);
+    // A daemon that reads a request, then dies without answering.
+    dmuser::unique_fd dying = k.open_channel();
+    REQUIRE_FALSE(k.set_channel_flags(dying.get(), DM_USER_CHANNEL_REQUEUE_ON_CLOSE));
+    auto answer = k.submit(fake_request{DM_USER_REQ_MAP_WRITE, 0, 8, 512, pattern(512, 15)});
+    std::vector<std::byte> buf(65536);
+    REQUIRE(::read(dying.get(), buf.data(), buf.size()) == 40 + 512);
+    dying.reset();
+    while (k.requeued() < 1)
+        std::this_thread::sleep_for(1ms);
+    running_server s(store, k);
+    CHECK(answer.get().result == DM_USER_RESP_SUCCESS);
+    CHECK(k.read(4096, 512).data == pattern(512, 15));
+    CHECK(s.stop() == 0);
+}
+
+TEST_CASE("server: stats are printed periodically when asked") {
+    fake_kernel k;
+    mem_store store(k.options().device_bytes);
+    log_capture logs;
+    running_server s(store, k, {.stats_interval = std::chrono::milliseconds(10)});
+    check_round_trip(k, 0, 4096, 16);
+    std::this_thread::sleep_for(50ms);
+    CHECK(s.stop() == 0);
+    CHECK(logged_has("read 1 req 4096 B 0 err"));
+}
