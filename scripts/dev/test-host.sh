@@ -1,4 +1,107 @@
 # Host suites for ./dev test (owned by the SDK work, issue 3).
+#
+# Builds build/ and build-asan/ (AddressSanitizer + UndefinedBehaviorSanitizer, any UBSan
+# report fatal), runs every Catch2 test case of the host test programs in both, one
+# process per case so a crash is pinned on its case, and reports each case by name.
+# Then installs the SDK to a scratch prefix and builds a daemon out of tree with
+# `pkg-config dmuser`, as a user would.
+
+# catch2_cases BINARY LABEL: one t_pass/t_fail per test case of BINARY.
+catch2_cases() {
+    local bin=$1 label=$2 name spec out
+    if [ ! -x "$bin" ]; then
+        t_fail "$label: $bin was not built"
+        return
+    fi
+    while IFS= read -r name; do
+        [ -n "$name" ] || continue
+        # Catch2 test specs treat , [ ] * ~ " \ specially: escape them to match one name.
+        spec=$(printf '%s' "$name" | sed 's/[],[\\*~"]/\\&/g')
+        if out=$(cd "$DEV_ROOT" && timeout 300 "$bin" -r compact "$spec" 2>&1) &&
+            grep -q '^Passed 1 test case' <<<"$out"; then
+            t_pass "$label: $name"
+        else
+            t_fail "$label: $name"
+            tail -n 30 <<<"$out" | sed 's/^/      /' >&2
+        fi
+    done < <("$bin" --list-test-names-only)
+}
+
+# The programs with Catch2 cases, relative to a build dir, and their labels.
+HOST_TEST_PROGRAMS=(tests/unit/dmuser-unit-tests:unit examples/dmuser-examples-tests:examples)
+
+host_test_build() {
+    local dir=$1 suffix=$2 entry
+    for entry in "${HOST_TEST_PROGRAMS[@]}"; do
+        catch2_cases "$DEV_ROOT/$dir/${entry%%:*}" "${entry##*:}$suffix"
+    done
+}
+
+# Installs build/ to a scratch prefix and compiles a ramdisk daemon against it.
+host_out_of_tree() {
+    local prefix="$DEV_ROOT/build/install-test" log="$DEV_ROOT/build/install-test.log"
+    local name="sdk: out-of-tree build with pkg-config dmuser"
+    rm -rf "$prefix"
+    if ! meson install -C "$DEV_ROOT/build" --destdir "$prefix" --no-rebuild >"$log" 2>&1; then
+        t_fail "$name (meson install failed, see build/install-test.log)"
+        return
+    fi
+    local root="$prefix/usr/local" pc
+    pc=$(dirname "$(find "$root" -name dmuser.pc | head -n 1)")
+    cat >"$prefix/daemon.cpp" <<'CPP'
+#include <dmuser/dmuser.hpp>
+#include <dmuser/testing/fake_kernel.hpp>
+
+#include <cstring>
+#include <vector>
+
+struct ramdisk {
+    std::vector<std::byte> mem = std::vector<std::byte>(1 << 20);
+    std::uint64_t size() const { return mem.size(); }
+    void read(std::uint64_t off, std::span<std::byte> out) {
+        std::memcpy(out.data(), mem.data() + off, out.size());
+    }
+    void write(std::uint64_t off, std::span<const std::byte> in) {
+        std::memcpy(mem.data() + off, in.data(), in.size());
+    }
+};
+
+int main() {
+    ramdisk disk;
+    dmuser::testing::fake_options fo;
+    fo.device_bytes = disk.size();
+    dmuser::testing::fake_kernel k(fo);
+    dmuser::server s(disk, k, {.io_flusher = false, .handle_signals = false});
+    std::thread t([&] { s.run(); });
+    std::vector<std::byte> data(4096, std::byte{0x5a});
+    bool ok = k.write(8192, data).result == DM_USER_RESP_SUCCESS && k.read(8192, 4096).data == data;
+    s.stop();
+    t.join();
+    return ok ? 0 : 1;
+}
+CPP
+    # pkg-config's prefix points at /usr/local; rewrite it to the scratch root.
+    local flags
+    if flags=$(PKG_CONFIG_PATH="$pc" pkg-config --define-variable=prefix="$root" \
+        --cflags --libs dmuser 2>>"$log") &&
+        # shellcheck disable=SC2086
+        g++ -Wall -Wextra -Werror -O1 "$prefix/daemon.cpp" -o "$prefix/daemon" $flags >>"$log" 2>&1 &&
+        "$prefix/daemon" >>"$log" 2>&1; then
+        t_pass "$name"
+    else
+        t_fail "$name (see build/install-test.log)"
+        tail -n 20 "$log" >&2
+    fi
+}
+
 host_tests() {
-    say "host tests: not written yet"
+    meson_build build
+    say "host tests (build/)"
+    host_test_build build ""
+    host_out_of_tree
+    meson_build build-asan -Db_sanitize=address,undefined -Dcpp_args=-fno-sanitize-recover=all
+    say "host tests under ASan+UBSan (build-asan/)"
+    local -x ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+    local -x UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+    host_test_build build-asan " (asan+ubsan)"
 }
