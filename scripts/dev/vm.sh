@@ -54,8 +54,9 @@ vm_initramfs() {
     mods=$(vm_module_closure "$ver" "${VM_INITRAMFS_MODULES[@]}")
     if grep -q '^MISSING' <<<"$mods"; then die "initramfs: modules not found in /lib/modules/$ver: $(grep '^MISSING' <<<"$mods" | tr '\n' ' ')"; fi
     key=$( {
-        echo "v1 $ver"
-        cat "$DEV_ROOT/scripts/dev/vm-init" "$DEV_ROOT/scripts/dev/vm.sh"
+        # Bump the tag when the layout below changes.
+        echo "layout-1 $ver ${VM_INITRAMFS_MODULES[*]}"
+        cat "$DEV_ROOT/scripts/dev/vm-init"
         stat -c '%n %s %Y' /bin/busybox
         for m in $mods; do stat -c '%n %s %Y' "/lib/modules/$ver/$m"; done
     } | sha256sum | cut -d' ' -f1)
@@ -125,6 +126,27 @@ vm_build_module() {
     fi
 }
 
+# vm_ext4_tree: .vm/usr-include.tar, the tree tests/vm/lib.sh's
+# ext4_roundtrip copies: /usr/include without subdirectories over 16 MiB
+# (vendored node/llvm headers on a developer's machine). One big file reads
+# over 9p in seconds; thousands of small ones take minutes under TCG.
+vm_ext4_tree() {
+    local out="$VM_DIR/usr-include.tar" lock
+    if [ -f "$out" ] && [ -z "$(find /usr/include -newer "$out" -print -quit 2>/dev/null)" ]; then
+        return 0
+    fi
+    exec {lock}>"$VM_DIR/usr-include.lock"
+    flock "$lock"
+    local -a skip=()
+    local kib name
+    while read -r kib name; do
+        [ "$kib" -gt 16384 ] && skip+=(--exclude="./${name#/usr/include/}")
+    done < <(du -sk /usr/include/*/ 2>/dev/null | sed 's|/$||')
+    tar -C /usr/include "${skip[@]}" -cf "$out.tmp" . && mv "$out.tmp" "$out" ||
+        warn "cannot pack /usr/include for the ext4 tests"
+    exec {lock}>&-
+}
+
 # vm_accel VER: KVM when /dev/kvm really runs a guest, else TCG. An open-able
 # /dev/kvm is not enough (nested setups fail at the first vCPU run), so boot
 # the kernel once without a root under KVM and cache the verdict.
@@ -191,6 +213,7 @@ vm_run() {
     ver=$(vm_kernel_version) || exit 1
     vm_initramfs "$ver"
     initrd=$VM_INITRD
+    vm_ext4_tree
     if [ "$module" = 1 ] && [ -n "${VM_KO_PREBUILT+set}" ]; then
         ko=$VM_KO_PREBUILT
     elif [ "$module" = 1 ]; then
@@ -215,6 +238,9 @@ vm_run() {
         printf 'VM_MODULE=%q\n' "${ko:+/run/vmjob/dm-user.ko}"
         printf 'VM_MODULE_SRC=%q\n' "kernel/dm-user"
         printf 'DEV_ROOT=%q\n' "$DEV_ROOT"
+        # The tests' knobs cross over (VMT_BUILD=build-mine, ...).
+        local var
+        for var in ${!VMT_@} ${!DMUSER_@}; do printf 'export %s=%q\n' "$var" "${!var}"; done
     } >"$VM_JOB/env"
     {
         printf 'cd -- %q || exit 125\n' "$cwd"
@@ -232,7 +258,7 @@ vm_run() {
     local qemu=(qemu-system-x86_64 $accel -smp "${VM_SMP:-2}" -m "$mem"
         -nographic -no-reboot -nodefaults -serial stdio
         -kernel "/boot/vmlinuz-$ver" -initrd "$initrd"
-        -append "console=ttyS0 quiet loglevel=4 panic=-1 oops=panic softlockup_panic=1 rdinit=/init"
+        -append "console=ttyS0 quiet loglevel=4 panic=-1 oops=panic softlockup_panic=1 rdinit=/init${VM_9P_OPTS:+ vm.9p=$VM_9P_OPTS}"
         -virtfs "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"
         -virtfs "local,path=$VM_JOB,mount_tag=job,security_model=none,multidevs=remap")
     [ "$quiet" = 1 ] || say "booting $ver ($(grep -q kvm <<<"$accel" && echo KVM || echo TCG), ${VM_SMP:-2} cpus, $mem): $*"
@@ -308,7 +334,8 @@ its status. A kernel WARNING/BUG/Oops/hung task fails the run.
   --timeout SECS  CMD's time limit (default 900, or $VM_TIMEOUT)
   --no-module     do not build or load kernel/dm-user
 In CMD, `source tests/vm/lib.sh` for helpers (vm_modload brd, dm_user_create...).
-Env: VM_KEEP=1 keeps .vm/jobs/job.* ; VM_NO_KVM=1 forces TCG; VM_SMP=N cpus.
+Env: VM_KEEP=1 keeps .vm/jobs/job.* ; VM_NO_KVM=1 forces TCG; VM_SMP=N cpus;
+VM_9P_OPTS=cache=loose adds 9p mount options for the host's root.
 USAGE
             [ -n "${1:-}" ] && return 0
             exit 2
