@@ -78,7 +78,7 @@ vm_tests() {
         t_fail "vm (no test files match '$glob')"
         return 0
     fi
-    need_pkgs "${VM_PKGS[@]}"
+    need_pkgs "${VM_PKGS[@]}" "${VM_GUEST_PKGS[@]}"
     mkdir -p "$VM_DIR/jobs"
     # The daemons the tests run (legacy-daemon, examples): a failed build
     # leaves them missing, and the tests that need them say so.

@@ -16,6 +16,9 @@
 # commands: tests/vm/lib.sh.
 
 VM_DIR="$DEV_ROOT/.vm"
+# What the guest side uses beyond VM_PKGS (lib.sh): ps/pkill/sysctl, setsid/
+# flock/dmesg; VM tests also drive nbd.
+VM_GUEST_PKGS=(procps util-linux nbdkit nbd-client)
 # Modules the initramfs needs to reach the host's root over virtio 9p.
 VM_INITRAMFS_MODULES=(virtio_pci 9pnet_virtio 9p)
 # Kernel log lines that fail a run. Hung tasks count: nothing we test may
@@ -206,7 +209,7 @@ vm_run() {
     done
     [ $# -gt 0 ] || die "usage: ./dev vm [--mem SIZE] [--timeout SECS] [--no-module] [--] CMD..."
     [[ "$timeout" =~ ^[0-9]+$ ]] || die "--timeout wants seconds, got '$timeout'"
-    need_pkgs "${VM_PKGS[@]}"
+    need_pkgs "${VM_PKGS[@]}" "${VM_GUEST_PKGS[@]}"
     mkdir -p "$VM_DIR/jobs"
 
     local ver initrd ko=""
