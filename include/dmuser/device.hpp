@@ -112,8 +112,8 @@ public:
 
         dm::IoctlBuffer buf(table.name);
         if (int err = dev.ctl_->run(DM_DEV_CREATE, buf)) {
-            if (err == EBUSY)
-                dm::fail(err, fmt::format("device name '{}' is already in use", table.name));
+            if (err == EBUSY) // what DM says for a name it has: not "busy" to a reader
+                dm::fail(EEXIST, fmt::format("device name '{}' is already in use", table.name));
             dm::fail(err, fmt::format("cannot create device '{}'", table.name));
         }
         dev.owned_ = true; // from here on, a failure removes what was made
