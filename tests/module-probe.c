@@ -6,7 +6,7 @@
  * Part 2 tests in tests/vm/module-*.sh.
  *
  *   module-probe serve CTL [--threads N] [--requeue] [--store FILE]
- *                [--stats FILE] [--unsupported OP] [--uring QD]
+ *                [--stats FILE] [--unsupported OP] [--uring QD] [--delay-us N]
  *       A daemon: an in-memory (or FILE-backed, shared between daemons)
  *       store, N blocking channels or one io_uring channel with QD reads.
  *       Prints "ready" once its channels are open; exits 0 when the target
@@ -34,6 +34,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <dirent.h>
 #include <linux/fs.h>
@@ -159,6 +160,7 @@ static void write_all(int fd, const void *buf, size_t len)
 }
 
 static const char *stats_file;
+static unsigned int delay_us;	/* before each answer: lets requests pile up */
 
 static int count_iou_workers(void)
 {
@@ -238,6 +240,8 @@ static void *blocking_worker(void *arg)
 		if (msg->type == DM_USER_REQ_MAP_WRITE && (size_t)n != HDR + msg->len)
 			die("WRITE request of %llu bytes came as %zd bytes",
 			    (unsigned long long)msg->len, n);
+		if (delay_us)
+			usleep(delay_us);
 		write_all(w->fd, msg, handle(msg));
 	}
 	free(msg);
@@ -263,7 +267,7 @@ static void uring_serve(int fd, unsigned int qd, size_t bufsize)
 		io_uring_sqe_set_data64(sqe, i);
 	}
 	io_uring_submit(&ring);
-	for (;;) {
+	for (unsigned long completions = 0;;) {
 		struct io_uring_cqe *cqe;
 		uint64_t data;
 		int res, w;
@@ -276,9 +280,11 @@ static void uring_serve(int fd, unsigned int qd, size_t bufsize)
 		data = io_uring_cqe_get_data64(cqe);
 		res = cqe->res;
 		io_uring_cqe_seen(&ring, cqe);
-		w = count_iou_workers();
-		if (w > max_iou_workers)
-			max_iou_workers = w;
+		if (!(++completions % 1024)) {
+			w = count_iou_workers();
+			if (w > max_iou_workers)
+				max_iou_workers = w;
+		}
 		if (data & (1ULL << 32)) {
 			/* A response went out: read the next request into that slot. */
 			struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
@@ -296,6 +302,8 @@ static void uring_serve(int fd, unsigned int qd, size_t bufsize)
 			break;
 		if (res < (int)HDR)
 			die("io_uring read: %d", res);
+		if (delay_us)
+			usleep(delay_us);
 		{
 			struct dm_user_message *msg = (void *)bufs[i];
 			struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
@@ -331,6 +339,8 @@ static int cmd_serve(int argc, char **argv)
 			stats_file = argv[++i];
 		else if (!strcmp(argv[i], "--unsupported") && i + 1 < (unsigned int)argc)
 			unsupported_type = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--delay-us") && i + 1 < (unsigned int)argc)
+			delay_us = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--uring") && i + 1 < (unsigned int)argc)
 			qd = atoi(argv[++i]);
 		else
@@ -355,6 +365,8 @@ static int cmd_serve(int argc, char **argv)
 		printf("ready\n");
 		fflush(stdout);
 		uring_serve(fd, qd, HDR + info.max_payload);
+		if (count_iou_workers() > max_iou_workers)
+			max_iou_workers = count_iou_workers();
 		write_stats();
 		return 0;
 	}
@@ -426,6 +438,7 @@ static int cmd_hold(int argc, char **argv)
 /* ---- self-checking cases ---- */
 
 static const char *dev_path;
+
 static int failures;
 
 #define CHECK(cond, ...) do {						\
@@ -438,54 +451,65 @@ static int failures;
 	}								\
 } while (0)
 
-/* One O_DIRECT I/O on the dm device in a thread, so a channel can serve it. */
+/*
+ * One O_DIRECT I/O on the dm device in a child process, so a channel of
+ * ours can serve it. Not a thread: a process whose own thread waits on its
+ * own device cannot exit (the wait is uninterruptible and its channels stay
+ * open until every thread is gone), so a failed check would hang the test.
+ */
 struct io {
-	pthread_t thread;
+	pid_t pid;
 	bool write;
 	off_t off;
 	size_t len;
-	uint8_t *buf;
 	ssize_t res;
 	int err;
+	uint8_t *buf;		/* shared with the child, page aligned */
 };
-
-static void *io_thread(void *arg)
-{
-	struct io *io = arg;
-	int fd = open(dev_path, O_RDWR | O_DIRECT);
-
-	if (fd < 0)
-		die("open %s: %s", dev_path, strerror(errno));
-	io->res = io->write ? pwrite(fd, io->buf, io->len, io->off) :
-			      pread(fd, io->buf, io->len, io->off);
-	io->err = io->res < 0 ? errno : 0;
-	close(fd);
-	return NULL;
-}
 
 static struct io *io_start(bool write, off_t off, size_t len, int fill)
 {
-	struct io *io = calloc(1, sizeof(*io));
+	struct io *io = mmap(NULL, BLK + len, PROT_READ | PROT_WRITE,
+			     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	pid_t pid;
 
+	if (io == MAP_FAILED)
+		die("mmap: %s", strerror(errno));
 	io->write = write;
 	io->off = off;
 	io->len = len;
-	if (posix_memalign((void **)&io->buf, BLK, len))
-		die("memalign");
+	io->buf = (uint8_t *)io + BLK;
 	memset(io->buf, fill, len);
-	pthread_create(&io->thread, NULL, io_thread, io);
+	/* io is shared with the child: only the parent may store the pid. */
+	pid = fork();
+	if (pid < 0)
+		die("fork: %s", strerror(errno));
+	if (!pid) {
+		int fd;
+
+		/* Inherited channels would keep our requests held if we hang. */
+		closefrom(3);
+		fd = open(dev_path, O_RDWR | O_DIRECT);
+
+		if (fd < 0)
+			die("open %s: %s", dev_path, strerror(errno));
+		io->res = io->write ? pwrite(fd, io->buf, io->len, io->off) :
+				      pread(fd, io->buf, io->len, io->off);
+		io->err = io->res < 0 ? errno : 0;
+		_exit(0);
+	}
+	io->pid = pid;
 	return io;
 }
 
 static void io_wait(struct io *io)
 {
-	pthread_join(io->thread, NULL);
+	waitpid(io->pid, NULL, 0);
 }
 
 static void io_free(struct io *io)
 {
-	free(io->buf);
-	free(io);
+	munmap(io, BLK + io->len);
 }
 
 /* Read one whole request from ch into buf (at least HDR bytes). */
@@ -788,7 +812,9 @@ static void case_uring_qd32(const char *ctl)
 	}
 	for (i = 0; i < 8; i++) {
 		io_wait(ios[i]);
-		CHECK(ios[i]->res == BLK && ios[i]->buf[7] == 0x44, "pread %d: %zd", i, ios[i]->res);
+		CHECK(ios[i]->res == BLK && ios[i]->buf[7] == 0x44 && ios[i]->buf[BLK - 1] == 0x44,
+		      "pread %d: %zd bytes %#x %#x", i, ios[i]->res, ios[i]->buf[7],
+		      ios[i]->buf[BLK - 1]);
 		io_free(ios[i]);
 	}
 	workers = count_iou_workers();
