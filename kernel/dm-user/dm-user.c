@@ -326,7 +326,7 @@ static void dmu_timeout_fn(struct work_struct *work)
 	unsigned long tmo = msecs_to_jiffies(READ_ONCE(dm_user_daemon_timeout_msec));
 	struct dmu_batch b = { BIO_EMPTY_LIST, 0 };
 	struct dmu_request *req, *tmp;
-	unsigned long next = 0;
+	unsigned long now = jiffies, next = 0;
 	bool rearm = false;
 
 	spin_lock_irq(&t->lock);
@@ -336,15 +336,16 @@ static void dmu_timeout_fn(struct work_struct *work)
 		unsigned long since = time_after(t->orphaned_at, req->queued_at) ?
 				      t->orphaned_at : req->queued_at;
 
-		if (time_after_eq(jiffies, since + tmo)) {
+		if (time_after_eq(now, since + tmo)) {
 			dmu_finish(t, req, BLK_STS_IOERR, &b);
 		} else if (!rearm || time_before(since + tmo, next)) {
 			next = since + tmo;
 			rearm = true;
 		}
 	}
+	/* next is after now, so the delay cannot wrap. */
 	if (rearm)
-		queue_delayed_work(system_wq, &t->timeout_work, next - jiffies);
+		queue_delayed_work(system_wq, &t->timeout_work, next - now);
 out:
 	spin_unlock_irq(&t->lock);
 	dmu_batch_end(t, &b);
