@@ -82,7 +82,7 @@ t_overlay() {
 
 # fio verify and ext4 need a writable device: a zero image with an overlay.
 t_verify() {
-    truncate -s 256M /tmp/zero.raw
+    truncate -s 64M /tmp/zero.raw
     mkimage --fast /tmp/zero.raw /tmp/zero.img
     rm -f /tmp/overlay
     ex_start cz cz dmuser-compressed --channels 1 --overlay /tmp/overlay /tmp/zero.img
@@ -98,11 +98,11 @@ t_verify() {
 }
 
 t_ext4() {
-    truncate -s 384M /tmp/zero.raw
+    truncate -s 64M /tmp/zero.raw
     mkimage --fast /tmp/zero.raw /tmp/zero.img
     rm -f /tmp/overlay
     ex_start cz cz dmuser-compressed --threads 2 --overlay /tmp/overlay /tmp/zero.img
-    ext4_roundtrip /dev/mapper/cz || fail "ext4 round trip"
+    ex_ext4 /dev/mapper/cz
     ex_stop cz cz
     rm -f /tmp/overlay /tmp/zero.img /tmp/zero.raw
 }
@@ -162,10 +162,10 @@ t_cli_errors() {
 }
 
 vm_test cmp-raw t_cmp 180
-vm_test no-overlay-readonly t_readonly 90
-vm_test overlay-cow t_overlay 150
+vm_test no-overlay-readonly t_readonly 150
+vm_test overlay-cow t_overlay 240
 vm_test verify-overlay t_verify 300
 vm_test ext4-overlay t_ext4 300
-vm_test corrupt-chunk t_corrupt 120
-vm_test cli-errors t_cli_errors 90
+vm_test corrupt-chunk t_corrupt 240
+vm_test cli-errors t_cli_errors 180
 vm_tests_run

@@ -5,8 +5,8 @@ source "$DEV_ROOT/tests/vm/examples-lib.bash"
 
 t_verify_file_1ch() {
     rm -f /tmp/backing
-    ex_start fd fd dmuser-file --size 256M --channels 1 /tmp/backing
-    [ "$(stat -c %s /tmp/backing)" -eq $((256 << 20)) ] || fail "backing file not 256 MiB"
+    ex_start fd fd dmuser-file --size 64M --channels 1 /tmp/backing
+    [ "$(stat -c %s /tmp/backing)" -eq $((64 << 20)) ] || fail "backing file not 64 MiB"
     ex_fio /dev/mapper/fd 1
     ex_fio /dev/mapper/fd 32
     ex_stop fd fd
@@ -26,8 +26,8 @@ t_verify_blockdev_4ch() {
 
 t_ext4() {
     rm -f /tmp/backing
-    ex_start fd fd dmuser-file --size 384M --threads 2 /tmp/backing
-    ext4_roundtrip /dev/mapper/fd || fail "ext4 round trip"
+    ex_start fd fd dmuser-file --size 64M --threads 2 /tmp/backing
+    ex_ext4 /dev/mapper/fd
     ex_stop fd fd
     rm -f /tmp/backing
 }
@@ -102,7 +102,7 @@ t_cli_errors() {
 vm_test verify-file-1ch t_verify_file_1ch 240
 vm_test verify-blockdev-direct-4ch t_verify_blockdev_4ch 180
 vm_test ext4 t_ext4 300
-vm_test restart-after-kill t_restart 90
-vm_test discard-write-zeroes t_discard_zeroes 90
-vm_test cli-errors t_cli_errors 60
+vm_test restart-after-kill t_restart 180
+vm_test discard-write-zeroes t_discard_zeroes 180
+vm_test cli-errors t_cli_errors 180
 vm_tests_run
