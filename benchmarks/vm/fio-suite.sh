@@ -35,11 +35,25 @@ done
 OUT=/tmp/bench-out
 WORK=/tmp/bench-work
 SECTORS=$((SIZE_MB * 2048))
-PY=/usr/bin/python3
 rm -rf "$OUT" "$WORK"
 mkdir -p "$OUT" "$WORK"
 # Keep kernel messages off the console: they would tear the tarball's lines.
 dmesg -n 1 2>/dev/null || true
+
+# Every exec over the guest's 9p root costs seconds of TCG time (fio alone
+# maps 64 libraries): run fio from a tmpfs copy that ./dev bench staged in
+# $BUILD/bench/stage (fio, its libraries, ld.so), and spawn nothing else while
+# a figure is measured (bash builtins only).
+# The loader runs under a link named fio, so that fio's processes are still
+# called "fio" (the iou-wrk count tells fio's threads by that name).
+FIO=(fio)
+if [ -x "$BUILD/bench/stage/fio" ] && cp -a "$BUILD/bench/stage" "$WORK/stage" &&
+    mkdir "$WORK/stage/bin" && ln -s ../ld.so "$WORK/stage/bin/fio"; then
+    FIO=("$WORK/stage/bin/fio" --library-path "$WORK/stage/lib" "$WORK/stage/fio")
+fi
+# nap SECONDS: sleep without a fork.
+exec {NAP_FD}<> <(:)
+nap() { read -r -t "$1" -u "$NAP_FD" _ || true; }
 
 # The figures: name, fio arguments. Kept in this order: reads first on a device
 # filled by the prefill pass, writes last.
@@ -70,12 +84,12 @@ iou_wrk_count() {
     for p in /proc/[0-9]*; do
         n=0
         for t in "$p"/task/*/comm; do
-            read -r c <"$t" 2>/dev/null || continue
+            read -r c 2>/dev/null <"$t" || continue
             case $c in iou-wrk*) n=$((n + 1)) ;; esac
         done
         [ "$n" -eq 0 ] && continue
         pid=${p#/proc/}
-        read -r comm <"$p/comm" 2>/dev/null || comm="?"
+        read -r comm 2>/dev/null <"$p/comm" || comm="?"
         if [[ " $DAEMON_PIDS " == *" $pid "* ]]; then
             daemon=$((daemon + n))
         elif [ "$comm" = fio ]; then
@@ -91,9 +105,9 @@ iou_wrk_count() {
 # keep the largest count of each kind.
 sample_iou_wrk() {
     local file=$1 s mf=0 md=0 mo=0 f d o
-    sleep "$RAMP"
+    nap "$RAMP"
     for _ in 1 2 3; do
-        sleep "$(awk -v r="$RUNTIME" 'BEGIN { printf "%.2f", r / 4 }')"
+        nap "$((RUNTIME / 4)).$((RUNTIME * 25 % 100))"
         s=$(iou_wrk_count)
         f=${s#fio=}; f=${f%% *}
         d=${s#*daemon=}; d=${d%% *}
@@ -106,6 +120,31 @@ sample_iou_wrk() {
 }
 
 # --- fio ----------------------------------------------------------------------
+# cpu_ticks: "busy total" jiffies of the whole guest, from /proc/stat.
+cpu_ticks() {
+    local user nice sys idle iowait irq softirq steal rest
+    read -r _ user nice sys idle iowait irq softirq steal rest </proc/stat
+    echo "$((user + nice + sys + irq + softirq + steal)) $((user + nice + sys + idle + iowait + irq + softirq + steal))"
+}
+
+# fio_headline FILE: "12.3k IOPS, 48 MiB/s" from fio's JSON, by bash alone:
+# the first non-zero "iops" and "bw" (the read side, else the write side).
+fio_headline() {
+    local line iops="" bw=""
+    while IFS= read -r line; do
+        if [ -z "$iops" ] && [[ $line =~ ^[[:space:]]*\"iops\"\ :\ ([0-9]+) ]] &&
+            [ "${BASH_REMATCH[1]}" != 0 ]; then
+            iops=${BASH_REMATCH[1]}
+        elif [ -z "$bw" ] && [[ $line =~ ^[[:space:]]*\"bw\"\ :\ ([0-9]+) ]] &&
+            [ "${BASH_REMATCH[1]}" != 0 ]; then
+            bw=${BASH_REMATCH[1]}
+        fi
+        [ -n "$iops" ] && [ -n "$bw" ] && break
+    done <"$1"
+    [ -n "$iops" ] || { echo "no I/O"; return; }
+    echo "$((iops / 1000)).$((iops % 1000 / 100))k IOPS, $((bw / 1024)) MiB/s"
+}
+
 # run_fio DEVICE TARGET DIRECT: the five figures on TARGET (a block device or a
 # file), JSON to $OUT/DEVICE/FIGURE.json.
 run_fio() {
@@ -119,10 +158,10 @@ run_fio() {
             sample_iou_wrk "$OUT/$dev/$name.iouwrk" &
             sampler=$!
         fi
-        local cpu0
-        cpu0=$(head -n 1 /proc/stat)
+        local cpu0 cpu1
+        cpu0=$(cpu_ticks)
         # shellcheck disable=SC2086
-        fio --name="$name" --filename="$target" --size="${SIZE_MB}m" \
+        "${FIO[@]}" --name="$name" --filename="$target" --size="${SIZE_MB}m" \
             --ioengine=io_uring --direct="$direct" $args \
             --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
             --norandommap --randrepeat=0 --group_reporting \
@@ -130,29 +169,17 @@ run_fio() {
             >"$OUT/$dev/$name.log" 2>&1
         local rc=$?
         # The whole guest's CPU use during the run (both vCPUs, ramp included).
-        awk -v a="$cpu0" -v b="$(head -n 1 /proc/stat)" 'BEGIN {
-            n = split(a, x, " "); split(b, y, " "); tot = 0
-            for (i = 2; i <= n; i++) tot += y[i] - x[i]
-            idle = (y[5] - x[5]) + (y[6] - x[6])
-            if (tot > 0) printf "%.1f\n", 100 * (tot - idle) / tot }' >"$OUT/$dev/$name.cpu"
+        cpu1=$(cpu_ticks)
+        local busy=$((${cpu1% *} - ${cpu0% *})) total=$((${cpu1#* } - ${cpu0#* }))
+        [ "$total" -gt 0 ] && echo "$((100 * busy / total)).$((1000 * busy / total % 10))" >"$OUT/$dev/$name.cpu"
         [ -n "$sampler" ] && wait "$sampler"
         if [ $rc -ne 0 ]; then
             log "[$STEP/$TOTAL] $dev $name: fio failed ($(tail -n 1 "$OUT/$dev/$name.log"))"
             continue
         fi
-        summary=$($PY - "$OUT/$dev/$name.json" <<'EOF'
-import json, sys
-try:
-    j = json.load(open(sys.argv[1]))
-    job = j["jobs"][0]
-    side = job["read"] if job["read"]["io_bytes"] else job["write"]
-    print(f'{side["iops"]/1000:.1f}k IOPS, {side["bw"]/1024:.0f} MiB/s')
-except Exception as e:
-    print(f"unreadable JSON: {e}")
-EOF
-)
-        local extra=""
-        [ -f "$OUT/$dev/$name.iouwrk" ] && extra=" iou-wrk: $(cat "$OUT/$dev/$name.iouwrk")"
+        summary=$(fio_headline "$OUT/$dev/$name.json")
+        local extra="" w
+        [ -f "$OUT/$dev/$name.iouwrk" ] && read -r w <"$OUT/$dev/$name.iouwrk" && extra=" iou-wrk: $w"
         log "[$STEP/$TOTAL] $dev $name: $summary$extra"
     done
 }
@@ -186,9 +213,9 @@ dm_create() {
     local name=$1
     dmsetup create "$name" --table "0 $SECTORS user 0 $SECTORS $name" || return 1
     dmsetup mknodes "$name" >/dev/null 2>&1
-    for _ in $(seq 50); do
+    for _ in {1..50}; do
         [ -c "/dev/dm-user/$name" ] && [ -b "/dev/mapper/$name" ] && return 0
-        sleep 0.1
+        nap 0.1
     done
     return 1
 }
@@ -197,29 +224,34 @@ dm_remove() {
     local name=$1
     for _ in 1 2 3 4 5; do
         dmsetup remove "$name" 2>/dev/null && return 0
-        sleep 0.5
+        nap 0.5
     done
     dmsetup remove --force "$name" 2>/dev/null
 }
 
-# stop_daemons: the daemons exit on ENOTBLK after dmsetup remove; kill the rest.
+# stop_daemons [SIGNAL]: send SIGNAL first if given (dmuser-ramdisk removes
+# its device on SIGTERM); the legacy daemon exits by itself on ENOTBLK after
+# dmsetup remove. Whatever still runs after 5 s is killed.
 stop_daemons() {
     local p
     for p in $DAEMON_PIDS; do
-        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
-        kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
+        [ -n "${1:-}" ] && kill -"$1" "$p" 2>/dev/null
+        for _ in {1..25}; do kill -0 "$p" 2>/dev/null || break; nap 0.2; done
+        kill -KILL "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
     done
     DAEMON_PIDS=""
 }
 
-# start_daemon DEVICE NAME CMD...: run a daemon on /dev/dm-user/NAME, log to
-# the device's folder, and check that it is still alive a moment later.
+# start_daemon DEVICE CMD...: run a daemon, log to the device's folder, and
+# check that it is still alive a moment later.
 start_daemon() {
     local dev=$1
-    shift 2
+    shift
     "$@" >"$OUT/$dev/daemon.log" 2>&1 &
     DAEMON_PIDS="$DAEMON_PIDS $!"
-    sleep 1
+    DAEMON_PIDS=${DAEMON_PIDS# }
+    nap 1
     kill -0 $! 2>/dev/null
 }
 
@@ -240,21 +272,22 @@ setup_nullb() {
     modprobe configfs 2>/dev/null
     mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
     modprobe null_blk nr_devices=0 || return 1
-    local d=/sys/kernel/config/nullb/bench
+    # 6.1 names the disk after the configfs item.
+    local d=/sys/kernel/config/nullb/nullb0
     mkdir "$d" || return 1
     echo "$SIZE_MB" >"$d/size"
     echo 1 >"$d/memory_backed"
     echo 4096 >"$d/blocksize"
     echo 1 >"$d/power" || return 1
-    for _ in $(seq 20); do
+    for _ in {1..20}; do
         [ -b /dev/nullb0 ] && { TARGET=/dev/nullb0; return 0; }
-        sleep 0.1
+        nap 0.1
     done
     return 1
 }
 teardown_nullb() {
-    echo 0 >/sys/kernel/config/nullb/bench/power
-    rmdir /sys/kernel/config/nullb/bench
+    echo 0 >/sys/kernel/config/nullb/nullb0/power
+    rmdir /sys/kernel/config/nullb/nullb0
     rmmod null_blk
 }
 
@@ -277,7 +310,7 @@ setup_nbd() {
     nbdkit --foreground --unix "$WORK/nbd.sock" memory "${SIZE_MB}M" \
         >"$OUT/nbd/daemon.log" 2>&1 &
     DAEMON_PIDS=$!
-    for _ in $(seq 50); do [ -S "$WORK/nbd.sock" ] && break; sleep 0.1; done
+    for _ in {1..50}; do [ -S "$WORK/nbd.sock" ] && break; nap 0.1; done
     nbd-client -unix "$WORK/nbd.sock" /dev/nbd0 -b 4096 >>"$OUT/nbd/daemon.log" 2>&1 || return 1
     TARGET=/dev/nbd0
 }
@@ -287,13 +320,14 @@ teardown_nbd() {
     rmmod nbd
 }
 
-# The Part 1 daemon from tests/: blocking reads, one thread per channel.
+# The Part 1 daemon from tests/: blocking reads, one thread per channel; one
+# channel, as the hand-measured baseline in issue 5.
 setup_legacy() {
     dm_user_loaded || { status legacy "failed: no dm-user module loaded"; return 1; }
     local bin
     bin=$(find_bin legacy-daemon) || { status legacy "not built"; return 1; }
     dm_create bench-legacy || return 1
-    start_daemon legacy bench-legacy "$bin" /dev/dm-user/bench-legacy "$SECTORS" || return 1
+    start_daemon legacy "$bin" bench-legacy "${SIZE_MB}M" || return 1
     TARGET=/dev/mapper/bench-legacy
 }
 teardown_legacy() {
@@ -301,20 +335,31 @@ teardown_legacy() {
     stop_daemons
 }
 
-# dmuser-ramdisk, the SDK's example, with 1 and 2 threads.
+# dmuser-ramdisk, the SDK's example, with 1 and 2 threads. It creates and
+# removes its device itself (SIGTERM removes it).
 setup_ramdisk_n() {
     local dev=$1 threads=$2 name=bench-rd$2
     dm_user_loaded || { status "$dev" "failed: no dm-user module loaded"; return 1; }
     local bin
     bin=$(find_bin dmuser-ramdisk) || { status "$dev" "not built"; return 1; }
-    dm_create "$name" || return 1
-    start_daemon "$dev" "$name" "$bin" --threads "$threads" "/dev/dm-user/$name" || return 1
+    start_daemon "$dev" "$bin" --name "$name" --size "${SIZE_MB}M" --threads "$threads" || return 1
+    # Ready once it says it serves the device.
+    local line
+    for _ in {1..100}; do
+        while IFS= read -r line; do
+            [[ $line == *serving* ]] && break 2
+        done <"$OUT/$dev/daemon.log"
+        kill -0 "${DAEMON_PIDS##* }" 2>/dev/null || return 1
+        nap 0.2
+    done
+    [ -b "/dev/mapper/$name" ] || dmsetup mknodes "$name" >/dev/null 2>&1
+    [ -b "/dev/mapper/$name" ] || { status "$dev" "failed: no /dev/mapper/$name"; return 1; }
     TARGET=/dev/mapper/$name
 }
 setup_ramdisk1() { setup_ramdisk_n ramdisk1 1; }
 setup_ramdisk2() { setup_ramdisk_n ramdisk2 2; }
-teardown_ramdisk1() { dm_remove bench-rd1; stop_daemons; }
-teardown_ramdisk2() { dm_remove bench-rd2; stop_daemons; }
+teardown_ramdisk1() { stop_daemons TERM; }
+teardown_ramdisk2() { stop_daemons TERM; }
 
 # The 2020 cover letter's measure: a file on ext4 on dm-user, against a file on
 # tmpfs. tmpfs takes no O_DIRECT on 6.1, so that one runs buffered.
@@ -337,7 +382,7 @@ setup_ext4() {
 teardown_ext4() {
     SIZE_MB=${SIZE_MB_SAVED:-$SIZE_MB}
     umount "$WORK/ext4"
-    teardown_ramdisk2
+    stop_daemons TERM
 }
 
 setup_tmpfs() {
@@ -366,7 +411,7 @@ profile() {
     local dev=$1 target=$2 rw
     command -v perf >/dev/null || { echo "perf not installed" >"$OUT/$dev/profile.txt"; return; }
     for rw in randread randwrite; do
-        fio --name=prof --filename="$target" --size="${SIZE_MB}m" --ioengine=io_uring \
+        "${FIO[@]}" --name=prof --filename="$target" --size="${SIZE_MB}m" --ioengine=io_uring \
             --direct="$DIRECT" --rw=$rw --bs=4k --iodepth=32 --time_based \
             --runtime=$((RUNTIME + 2)) --norandommap --randrepeat=0 >/dev/null 2>&1 &
         local f=$!

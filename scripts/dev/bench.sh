@@ -22,9 +22,9 @@ bench_build() {
 
 # bench_host OUT.json: the micro-benchmarks and callgrind, when built.
 bench_host() {
-    local out=$1 bin="$DEV_ROOT/$BENCH_BUILD/benchmarks/host/dmuser-microbench"
+    local out=$1 bin="$DEV_ROOT/$BENCH_BUILD/benchmarks/dmuser-microbench"
     if [ ! -x "$bin" ]; then
-        warn "no host micro-benchmark built ($BENCH_BUILD/benchmarks/host/dmuser-microbench): skipped"
+        warn "no host micro-benchmark built ($BENCH_BUILD/benchmarks/dmuser-microbench): skipped"
         return 0
     fi
     say "host micro-benchmarks (the SDK through the fake kernel)"
@@ -32,11 +32,41 @@ bench_host() {
         warn "host micro-benchmarks failed"
 }
 
+# bench_stage_fio: fio with its libraries and loader in one folder the guest
+# copies to its tmpfs, since every exec over the guest's 9p root is slow.
+bench_stage_fio() {
+    local stage="$DEV_ROOT/$BENCH_BUILD/bench/stage" fio
+    fio=$(command -v fio) || die "fio is not installed"
+    if [ -x "$stage/fio" ] && [ "$stage/fio" -nt "$fio" ]; then return 0; fi
+    rm -rf "$stage"
+    mkdir -p "$stage/lib"
+    cp -L "$fio" "$stage/fio" &&
+        ldd "$fio" | awk '$3 ~ /^\// { print $3 }' | xargs -r cp -L -t "$stage/lib" &&
+        cp -L "$(ldd "$fio" | awk '$1 ~ /^\/.*ld-linux/ { print $1 }')" "$stage/ld.so" || {
+        rm -rf "$stage"
+        warn "could not stage fio for the guest: it will run fio from 9p (slower)"
+    }
+}
+
+# bench_progress: the console as it comes (awk would buffer it), without the
+# results tarball.
+bench_progress() {
+    local line hide=0
+    while IFS= read -r line; do
+        case $line in
+            ==BENCH-TAR-BEGIN==*) hide=1; echo "  (receiving results)" ;;
+            ==BENCH-TAR-END==*) hide=0 ;;
+            *) [ "$hide" = 1 ] || printf '  %s\n' "$line" ;;
+        esac
+    done
+}
+
 # bench_vm DIR: one boot, the fio suite; its results unpacked into DIR.
 bench_vm() {
     local dir=$1 log="$1.console" args=()
     [ "$BENCH_QUICK" = 1 ] && args+=(--quick)
     [ "$BENCH_PROFILE" = 1 ] && args+=(--profile)
+    bench_stage_fio
     say "fio in the VM: one boot, every device (progress below; about 8 minutes)"
     # The guest's results come back as a base64 tarball between two marker
     # lines on the console; show everything else as progress.
@@ -44,10 +74,7 @@ bench_vm() {
     {
         "$DEV_ROOT/dev" vm --mem 3G --timeout 1500 -- \
             "$DEV_ROOT/benchmarks/vm/fio-suite.sh" --build "$DEV_ROOT/$BENCH_BUILD" "${args[@]}" \
-            2>&1 | tr -d '\r' | tee "$log" |
-            awk '/^==BENCH-TAR-BEGIN==/ { hide = 1; print "  (receiving results)"; fflush(); next }
-                 /^==BENCH-TAR-END==/ { hide = 0; next }
-                 !hide { print "  " $0; fflush() }'
+            2>&1 | tr -d '\r' | tee "$log" | bench_progress
         rc=${PIPESTATUS[0]}
     } || true
     rm -rf "$dir"
