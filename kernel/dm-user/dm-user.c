@@ -134,7 +134,7 @@ struct dmu_target {
 
 	wait_queue_head_t wq;		/* readers (exclusive) and pollers */
 	wait_queue_head_t drain_wq;	/* the destructor, for nr_doomed */
-	struct delayed_work timeout_work;
+	struct delayed_work watchdog;	/* see dmu_arm_watchdog() */
 	struct kref ref;		/* the dm target and each channel */
 
 	/* Set up by the constructor, constant afterwards. */
@@ -311,27 +311,41 @@ static void dmu_batch_end(struct dmu_target *t, struct dmu_batch *b)
 	spin_unlock_irq(&t->lock);
 }
 
-static void dmu_arm_timeout(struct dmu_target *t)
+/*
+ * The queue watchdog runs while requests are queued: with no channel open it
+ * fails what waited longer than the daemon timeout; with channels open it
+ * wakes every waiter if the oldest request has waited a second, in case the
+ * one waiter dmu_wake_one() picked will never read (e.g. its io_uring read
+ * was cancelled just after the wake-up).
+ */
+static void dmu_arm_watchdog(struct dmu_target *t)
 {
-	if (!t->dead && !delayed_work_pending(&t->timeout_work))
-		queue_delayed_work(system_wq, &t->timeout_work,
-			msecs_to_jiffies(READ_ONCE(dm_user_daemon_timeout_msec)));
+	unsigned long delay = t->nr_channels ? HZ :
+		msecs_to_jiffies(READ_ONCE(dm_user_daemon_timeout_msec));
+
+	if (!t->dead && !delayed_work_pending(&t->watchdog))
+		queue_delayed_work(system_wq, &t->watchdog, delay);
 }
 
-/* No channel open: fail what waited longer than the daemon timeout. */
-static void dmu_timeout_fn(struct work_struct *work)
+static void dmu_watchdog_fn(struct work_struct *work)
 {
 	struct dmu_target *t = container_of(to_delayed_work(work),
-					    struct dmu_target, timeout_work);
+					    struct dmu_target, watchdog);
 	unsigned long tmo = msecs_to_jiffies(READ_ONCE(dm_user_daemon_timeout_msec));
 	struct dmu_batch b = { BIO_EMPTY_LIST, 0 };
 	struct dmu_request *req, *tmp;
 	unsigned long now = jiffies, next = 0;
-	bool rearm = false;
+	bool rearm = false, sweep = false;
 
 	spin_lock_irq(&t->lock);
-	if (t->dead || t->nr_channels)
+	if (t->dead || list_empty(&t->queue))
 		goto out;
+	if (t->nr_channels) {
+		req = list_first_entry(&t->queue, struct dmu_request, entry);
+		sweep = time_after_eq(now, req->queued_at + HZ);
+		queue_delayed_work(system_wq, &t->watchdog, HZ);
+		goto out;
+	}
 	list_for_each_entry_safe(req, tmp, &t->queue, entry) {
 		unsigned long since = time_after(t->orphaned_at, req->queued_at) ?
 				      t->orphaned_at : req->queued_at;
@@ -345,10 +359,41 @@ static void dmu_timeout_fn(struct work_struct *work)
 	}
 	/* next is after now, so the delay cannot wrap. */
 	if (rearm)
-		queue_delayed_work(system_wq, &t->timeout_work, next - now);
+		queue_delayed_work(system_wq, &t->watchdog, next - now);
 out:
 	spin_unlock_irq(&t->lock);
 	dmu_batch_end(t, &b);
+	if (sweep)
+		wake_up_all(&t->wq);
+}
+
+/*
+ * Wake waiters in turn until one takes the wake-up: a blocked reader, or an
+ * io_uring read waiting by poll, which will retry. wake_up() would wake every
+ * poller, and with many io_uring reads pending per channel each request
+ * would cost a failed retry of every one of them. Entries that do not report
+ * taking a wake-up (epoll's) are all woken, as wake_up() would. The one that
+ * took it moves to the back, so the next request goes to another waiter.
+ */
+static void dmu_wake_one(struct dmu_target *t)
+{
+	struct wait_queue_entry *curr, *next;
+	unsigned long flags;
+	int ret;
+
+	spin_lock_irqsave(&t->wq.lock, flags);
+	list_for_each_entry_safe(curr, next, &t->wq.head, entry) {
+		ret = curr->func(curr, TASK_NORMAL, 0,
+				 poll_to_key(EPOLLIN | EPOLLRDNORM));
+		if (ret < 0)
+			break;
+		if (ret) {
+			if (!list_empty(&curr->entry))
+				list_move_tail(&curr->entry, &t->wq.head);
+			break;
+		}
+	}
+	spin_unlock_irqrestore(&t->wq.lock, flags);
 }
 
 /* ---- Copying between bio pages and userspace, without t->lock. ---- */
@@ -765,6 +810,7 @@ static int dmu_release(struct inode *inode, struct file *file)
 	struct dmu_batch b = { BIO_EMPTY_LIST, 0 };
 	struct dmu_request *req, *tmp;
 	unsigned int requeued = 0;
+	bool queued;
 	LIST_HEAD(back);
 
 	/* No read() or write() of this file runs any more: nothing is busy. */
@@ -791,15 +837,16 @@ static int dmu_release(struct inode *inode, struct file *file)
 		list_sort(NULL, &back, dmu_cmp_seq);
 		dmu_requeue(t, &back);
 	}
-	if (!t->nr_channels) {
+	if (!t->nr_channels)
 		t->orphaned_at = jiffies;
-		if (!list_empty(&t->queue))
-			dmu_arm_timeout(t);
-	}
+	if (!list_empty(&t->queue))
+		dmu_arm_watchdog(t);
+	queued = !list_empty(&t->queue);
 	spin_unlock_irq(&t->lock);
 
 	dmu_batch_end(t, &b);
-	if (requeued)
+	/* Requeued requests, or a wake-up this channel took and never used. */
+	if (queued)
 		wake_up_all(&t->wq);
 	kfree(ch);
 	kref_put(&t->ref, dmu_target_release);
@@ -902,7 +949,7 @@ static int user_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	hash_init(t->held);
 	init_waitqueue_head(&t->wq);
 	init_waitqueue_head(&t->drain_wq);
-	INIT_DELAYED_WORK(&t->timeout_work, dmu_timeout_fn);
+	INIT_DELAYED_WORK(&t->watchdog, dmu_watchdog_fn);
 	kref_init(&t->ref);
 	t->orphaned_at = jiffies;
 	t->ops = DMU_ALL_OPS;
@@ -999,7 +1046,7 @@ static void user_dtr(struct dm_target *ti)
 	mutex_lock(&dmu_names_lock);
 	list_del(&t->name_node);
 	mutex_unlock(&dmu_names_lock);
-	cancel_delayed_work_sync(&t->timeout_work);
+	cancel_delayed_work_sync(&t->watchdog);
 
 	/* Copiers caught mid-copy end their bios; dm frees them after us. */
 	spin_lock_irq(&t->lock);
@@ -1044,13 +1091,11 @@ static int user_map(struct dm_target *ti, struct bio *bio)
 	req->seq = t->next_seq++;
 	list_add_tail(&req->entry, &t->queue);
 	t->nr_queued++;
-	if (!t->nr_channels)
-		dmu_arm_timeout(t);
+	dmu_arm_watchdog(t);
 	spin_unlock_irqrestore(&t->lock, flags);
 
-	/* One blocked reader per request; pollers all hear it. */
 	if (wq_has_sleeper(&t->wq))
-		wake_up_poll(&t->wq, EPOLLIN | EPOLLRDNORM);
+		dmu_wake_one(t);
 	return DM_MAPIO_SUBMITTED;
 }
 
