@@ -91,8 +91,8 @@ t_handover() {
         --do_verify=1 --randrepeat=0 --output-format=terse --terse-version=3 \
         >/tmp/fio.terse 2>/tmp/fio.err &
     local fio=$!
-    wait_for 20 bash -c "dmsetup status p2 | grep -Eq 'completed=[0-9]{3,}'" ||
-        fail "no I/O reached the first daemon"
+    wait_for 90 bash -c "dmsetup status p2 | grep -Eq 'completed=[0-9]{2,}'" ||
+        fail "no I/O reached the first daemon: $(dmsetup status p2)"
     serve d2 p2-ctl --threads 2 --requeue --store /tmp/p2.store
     local held
     held=$(dmsetup status p2)
