@@ -118,7 +118,7 @@ struct dmu_channel {
 };
 
 struct dmu_target {
-	spinlock_t lock;
+	spinlock_t lock;		/* everything below; see the top */
 	struct list_head queue;		/* requests no channel took yet */
 	struct list_head channels;
 	DECLARE_HASHTABLE(held, DMU_HASH_BITS);

@@ -108,7 +108,8 @@ t_handover() {
     dm_user_remove p2 || fail "remove"
 }
 
-# 6. fsync, blkdiscard and fallocate -z reach the daemon.
+# 6. fsync, O_SYNC writes, blkdiscard, fallocate -z and blkdiscard -s reach
+# the daemon as PREFLUSH, FUA, DISCARD, WRITE_ZEROES and SECURE_ERASE.
 t_flush_discard_zeroes() {
     dm_user_create p2 65536 p2-ctl || fail "create"
     [ "$(queue_attr p2 write_cache)" = "write back" ] || fail "write_cache: $(queue_attr p2 write_cache)"
@@ -116,17 +117,20 @@ t_flush_discard_zeroes() {
     [ "$(queue_attr p2 discard_max_bytes)" -gt 0 ] || fail "discard_max_bytes 0"
     [ "$(queue_attr p2 write_zeroes_max_bytes)" -gt 0 ] || fail "write_zeroes_max_bytes 0"
     serve fl p2-ctl --stats /tmp/fl.stats
-    dd if=/dev/urandom of=/dev/mapper/p2 bs=64k count=4 conv=fsync status=none || fail "dd conv=fsync"
+    dd if=/dev/urandom of=/dev/mapper/p2 bs=64k count=64 conv=fsync status=none || fail "dd conv=fsync"
     dd if=/dev/urandom of=/dev/mapper/p2 bs=4k count=1 oflag=direct,sync status=none || fail "dd oflag=sync"
     blkdiscard -o 0 -l 1048576 /dev/mapper/p2 || fail "blkdiscard"
     fallocate -z -o 1048576 -l 1048576 /dev/mapper/p2 || fail "fallocate -z"
     blkdiscard -z -o 2097152 -l 1048576 /dev/mapper/p2 || fail "blkdiscard -z"
-    # What was written, then discarded or zeroed, reads back as zeros.
-    cmp -n 3145728 <(dd if=/dev/mapper/p2 bs=1M count=3 iflag=direct status=none) /dev/zero ||
+    blkdiscard -s -o 3145728 -l 1048576 /dev/mapper/p2 || fail "blkdiscard -s (secure erase)"
+    # What was written, then discarded, zeroed or erased, reads back as zeros.
+    cmp -n 4194304 <(dd if=/dev/mapper/p2 bs=1M count=4 iflag=direct status=none) /dev/zero ||
         fail "discarded/zeroed range does not read back as zeros"
     daemon_stop fl
     cat /tmp/fl.stats
     [ "$(stats fl preflush)" -gt 0 ] || fail "no PREFLUSH reached the daemon"
+    [ "$(stats fl fua)" -gt 0 ] || fail "no FUA write reached the daemon (dd oflag=sync)"
+    [ "$(stats fl secure_erase)" -gt 0 ] || fail "no SECURE_ERASE reached the daemon"
     [ "$(stats fl discard)" -gt 0 ] || fail "no DISCARD reached the daemon"
     [ "$(stats fl write_zeroes)" -ge 2 ] || fail "WRITE_ZEROES did not reach the daemon twice"
     dm_user_remove p2 || fail "remove"
