@@ -25,12 +25,14 @@ DEVICES = [
     ("ramdisk2", "dm-user + dmuser-ramdisk, 2 threads"),
     ("ext4", "ext4 on dmuser-ramdisk (2 thr), file"),
     ("tmpfs", "tmpfs, file"),
+    ("brd_end", "brd again, at the end (drift check)"),
 ]
 LABEL = dict(DEVICES)
 SHORT = {
     "brd": "brd", "nullb": "null_blk", "loop": "loop/tmpfs", "nbd": "nbd",
     "legacy": "legacy C daemon", "ramdisk1": "dmuser-ramdisk 1t",
     "ramdisk2": "dmuser-ramdisk 2t", "ext4": "ext4 on dm-user", "tmpfs": "tmpfs file",
+    "brd_end": "brd at the end",
 }
 # key, column title, chart title, unit ("iops" or "mibs")
 FIGURES = [
@@ -374,7 +376,7 @@ def host_tables(host):
 def chart(devices, out_dir, gnuplot="gnuplot"):
     """Clustered bars: one cluster per figure, one bar per device, as a ratio to
     brd on a log axis (so 0.5× and 2× sit equally far from brd's line)."""
-    shown = [d for d, _ in DEVICES if devices.get(d, {}).get("figures") and d != "brd"]
+    shown = [d for d, _ in DEVICES if devices.get(d, {}).get("figures") and d not in ("brd", "brd_end")]
     if "brd" not in devices or not devices["brd"]["figures"] or not shown:
         return None
     dat = os.path.join(out_dir, "chart.dat")

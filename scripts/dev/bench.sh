@@ -49,12 +49,12 @@ bench_stage_fio() {
 }
 
 # bench_progress: the console as it comes (awk would buffer it), without the
-# results tarball.
+# results tarballs.
 bench_progress() {
     local line hide=0
     while IFS= read -r line; do
         case $line in
-            ==BENCH-TAR-BEGIN==*) hide=1; echo "  (receiving results)" ;;
+            ==BENCH-TAR-BEGIN==*) hide=1; echo "  (results of${line#==BENCH-TAR-BEGIN==} received)" ;;
             ==BENCH-TAR-END==*) hide=0 ;;
             *) [ "$hide" = 1 ] || printf '  %s\n' "$line" ;;
         esac
@@ -72,15 +72,28 @@ bench_vm() {
     # lines on the console; show everything else as progress.
     local rc=0
     {
-        "$DEV_ROOT/dev" vm --mem 3G --timeout 1500 -- \
+        "$DEV_ROOT/dev" vm --mem 3G --timeout 2400 -- \
             "$DEV_ROOT/benchmarks/vm/fio-suite.sh" --build "$DEV_ROOT/$BENCH_BUILD" "${args[@]}" \
             2>&1 | tr -d '\r' | tee "$log" | bench_progress
         rc=${PIPESTATUS[0]}
     } || true
-    rm -rf "$dir"
-    mkdir -p "$dir"
-    if ! awk '/^==BENCH-TAR-BEGIN==/ { on = 1; next } /^==BENCH-TAR-END==/ { on = 0 }
-              on && /^[A-Za-z0-9+\/=]+$/' "$log" | base64 -d 2>/dev/null | tar -xzf - -C "$dir"; then
+    rm -rf "$dir" "$dir.blocks"
+    mkdir -p "$dir" "$dir.blocks"
+    # One tarball per device, each between its own markers.
+    awk -v out="$dir.blocks" '/^==BENCH-TAR-BEGIN==/ { n++; on = 1; next }
+        /^==BENCH-TAR-END==/ { on = 0; next }
+        on && /^[A-Za-z0-9+\/=]+$/ { print > (out "/" n) }' "$log"
+    local block got=0
+    for block in "$dir.blocks"/*; do
+        [ -f "$block" ] || continue
+        if base64 -d <"$block" 2>/dev/null | tar -xzf - -C "$dir" 2>/dev/null; then
+            got=$((got + 1))
+        else
+            warn "a damaged results block from the guest: ${block##*/}"
+        fi
+    done
+    rm -rf "$dir.blocks"
+    if [ "$got" = 0 ]; then
         warn "no results came back from the guest (console: $log)"
         return 1
     fi
