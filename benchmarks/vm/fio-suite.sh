@@ -2,9 +2,10 @@
 # Guest side of `./dev bench`: measures every device with fio within ONE boot, so
 # that the figures compare as ratios to brd. Runs as root inside the VM started
 # by `./dev vm`, which has the dm-user module loaded and the host root mounted
-# read-only; everything it writes goes to a tmpfs, and at the end the results
-# leave the guest as a base64 tarball on stdout between two marker lines (the
-# console is the only way out of the guest that ./dev vm guarantees).
+# read-only; everything it writes goes to a tmpfs, and after each device its
+# results leave the guest as a base64 tarball on stdout between two marker
+# lines (the console is the only way out of the guest that ./dev vm
+# guarantees), so a run cut short still reports the devices it finished.
 #
 #   fio-suite.sh [--build DIR] [--runtime S] [--ramp S] [--size-mb N]
 #                [--devices "brd nullb ..."] [--profile] [--quick]
@@ -17,7 +18,7 @@ RUNTIME=6
 RAMP=1
 SIZE_MB=512
 PROFILE=0
-DEVICES="brd nullb loop nbd legacy ramdisk1 ramdisk2 ext4 tmpfs"
+DEVICES="brd nullb loop nbd legacy ramdisk1 ramdisk2 ext4 tmpfs brd_end"
 while [ $# -gt 0 ]; do
     case $1 in
         --build) BUILD=$2; shift ;;
@@ -184,11 +185,25 @@ run_fio() {
     done
 }
 
-# prefill TARGET: write the whole device once, so reads hit real data and
-# writes do not pay first-touch allocation.
+# prefill DEVICE TARGET: write the whole device once, so reads hit real data
+# and writes do not pay first-touch allocation. A slow device (nbd on a busy
+# host) gets PREFILL_S seconds and a note saying how far it got.
+PREFILL_S=40
 prefill() {
-    dd if=/dev/zero of="$1" bs=1M count="$SIZE_MB" oflag=direct conv=notrunc status=none 2>/dev/null ||
-        dd if=/dev/zero of="$1" bs=1M count="$SIZE_MB" conv=notrunc,fsync status=none
+    local dev=$1 target=$2 pid t
+    dd if=/dev/zero of="$target" bs=1M count="$SIZE_MB" oflag=direct conv=notrunc \
+        status=none 2>/dev/null &
+    pid=$!
+    for ((t = 0; t < PREFILL_S * 10; t++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        nap 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill "$pid" 2>/dev/null
+        echo "prefill stopped after ${PREFILL_S} s: reads partly hit never-written blocks" >"$OUT/$dev/note"
+        log "$dev: prefill stopped after ${PREFILL_S} s"
+    fi
+    wait "$pid" 2>/dev/null
 }
 
 skip_figures() { STEP=$((STEP + ${#FIGURES[@]})); }
@@ -267,6 +282,9 @@ setup_brd() {
     TARGET=/dev/ram0
 }
 teardown_brd() { rmmod brd; }
+# brd once more at the end: how far the machine drifted during the run.
+setup_brd_end() { setup_brd; }
+teardown_brd_end() { teardown_brd; }
 
 setup_nullb() {
     modprobe configfs 2>/dev/null
@@ -432,6 +450,13 @@ profile() {
     log "$dev: profile taken"
 }
 
+# send_results DEVICE: the device's folder and meta.txt, out through the console.
+send_results() {
+    echo "==BENCH-TAR-BEGIN== $1"
+    tar -C "$OUT" -czf - meta.txt "$1" | base64 -w 76
+    echo "==BENCH-TAR-END=="
+}
+
 # --- the run ------------------------------------------------------------------
 {
     echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -466,11 +491,12 @@ for dev in "${DEVLIST[@]}"; do
         log "$dev: $(cat "$OUT/$dev/status")"
         "teardown_$dev" >/dev/null 2>&1
         skip_figures
+        send_results "$dev"
         continue
     fi
     log "$dev: $target${DAEMON_PIDS:+ (daemon pids $DAEMON_PIDS)}"
     case $target in
-        /dev/*) prefill "$target" ;;
+        /dev/*) prefill "$dev" "$target" ;;
     esac
     echo "$target" >"$OUT/$dev/target"
     echo "$DIRECT" >"$OUT/$dev/direct"
@@ -478,14 +504,11 @@ for dev in "${DEVLIST[@]}"; do
     if [ -n "$DAEMON_PIDS" ]; then
         echo "idle $(iou_wrk_count)" >"$OUT/$dev/iouwrk-idle"
     fi
-    if [ "$PROFILE" = 1 ] && [[ $dev == ramdisk2 || $dev == legacy || $dev == brd ]]; then
+    if [ "$PROFILE" = 1 ] && [ "$dev" = ramdisk2 ]; then
         profile "$dev" "$target"
     fi
     status "$dev" ok
     "teardown_$dev" >>"$OUT/$dev/setup.log" 2>&1
+    send_results "$dev"
 done
 log "fio suite done"
-
-echo "==BENCH-TAR-BEGIN=="
-tar -C "$OUT" -czf - . | base64 -w 76
-echo "==BENCH-TAR-END=="

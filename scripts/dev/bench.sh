@@ -125,8 +125,11 @@ dev_bench() {
     [ "$BENCH_PROFILE" = 1 ] && need_pkgs linux-perf
     bench_build
     mkdir -p "$work"
-    rm -f "$work/host.json"
-    [ "$host" = 1 ] && bench_host "$work/host.json"
+    # --vm-only keeps the last host results for the report.
+    if [ "$host" = 1 ]; then
+        rm -f "$work/host.json"
+        bench_host "$work/host.json"
+    fi
     local report=(--out "$DEV_ROOT/benchmarks/results")
     if [ "$vm" = 1 ]; then
         if bench_vm "$work/vm"; then
