@@ -2,13 +2,7 @@
 # The module's Part 2 features (spec /work/shared/spec/dm-user-abi.md), one
 # test each, driven by tests/module-probe.c.
 source "$DEV_ROOT/tests/vm/lib.sh"
-PROBE=$VMT_BUILD/tests/module-probe
-
-# mtest NAME FUNC SECS: register a test unless MODULE_TESTS (a glob) leaves it out.
-mtest() {
-    # shellcheck disable=SC2053
-    [[ "$1" == ${MODULE_TESTS:-*} ]] && vm_test "$@"
-}
+source "$DEV_ROOT/tests/vm/module-lib.bash"
 
 probe_case() {
     local case=$1
@@ -25,21 +19,6 @@ queue_attr() {
     dm=$(dmsetup info -c --noheadings -o blkdevname "$1")
     cat "/sys/block/$dm/queue/$2"
 }
-
-# serve NAME CTL [serve options...]: start the probe's daemon; wait for "ready".
-serve() {
-    local name=$1 ctl=$2
-    shift 2
-    need_cmd "$PROBE"
-    rm -f "/tmp/$name.out"
-    "$PROBE" serve "$ctl" "$@" >"/tmp/$name.out" 2>&1 &
-    VMT_DAEMON_PID[$name]=$!
-    echo "$! $name" >>"$VMT_DAEMONS_FILE"
-    wait_for 10 grep -q ready "/tmp/$name.out" || fail "daemon $name did not start: $(cat "/tmp/$name.out")"
-}
-
-# stats NAME KEY: a counter the stopped daemon wrote to /tmp/NAME.stats.
-stats() { grep -o "\b$2=[0-9]*" "/tmp/$1.stats" | cut -d= -f2; }
 
 # 1. poll() and O_NONBLOCK reads.
 t_poll_nonblock() { probe_case nonblock-poll; }

@@ -1,17 +1,11 @@
 #!/bin/bash
 # The module against a daemon that misbehaves or uses the stream in unusual
 # ways: every case is tests/module-probe.c's "case NAME", which drives
-# /dev/dm-user/CTL by hand while its own threads do O_DIRECT I/O on the
+# /dev/dm-user/CTL by hand while child processes do O_DIRECT I/O on the
 # device. Each must end with the right errno for the daemon, the right result
 # for the I/O, and a clean kernel log; the next case gets a fresh device.
 source "$DEV_ROOT/tests/vm/lib.sh"
-PROBE=$VMT_BUILD/tests/module-probe
-
-# mtest NAME FUNC SECS: register a test unless MODULE_TESTS (a glob) leaves it out.
-mtest() {
-    # shellcheck disable=SC2053
-    [[ "$1" == ${MODULE_TESTS:-*} ]] && vm_test "$@"
-}
+source "$DEV_ROOT/tests/vm/module-lib.bash"
 
 # probe_case CASE [TABLE-OPTIONS...]: run one probe case on a fresh device.
 probe_case() {

@@ -1,0 +1,37 @@
+# Helpers shared by the module's VM tests (tests/vm/module-*.sh); sourced
+# after tests/vm/lib.sh. The probe is tests/module-probe.c.
+PROBE=$VMT_BUILD/tests/module-probe
+
+# mtest NAME FUNC SECS: register a test unless MODULE_TESTS (a glob) leaves it out.
+mtest() {
+    # shellcheck disable=SC2053
+    [[ "$1" == ${MODULE_TESTS:-*} ]] && vm_test "$@"
+}
+
+# serve NAME CTL [serve options...]: start the probe's daemon as NAME (stopped
+# after the test); wait until its channels are open.
+serve() {
+    local name=$1 ctl=$2
+    shift 2
+    need_cmd "$PROBE"
+    rm -f "/tmp/$name.out"
+    "$PROBE" serve "$ctl" "$@" >"/tmp/$name.out" 2>&1 &
+    VMT_DAEMON_PID[$name]=$!
+    echo "$! $name" >>"$VMT_DAEMONS_FILE"
+    wait_for 10 grep -q ready "/tmp/$name.out" || fail "daemon $name did not start: $(cat "/tmp/$name.out")"
+}
+
+# stats NAME KEY: a counter the stopped daemon NAME wrote to /tmp/NAME.stats.
+stats() { grep -o "\b$2=[0-9]*" "/tmp/$1.stats" | cut -d= -f2; }
+
+# idle NAME: nothing queued or in flight on device NAME.
+idle() { dmsetup status "$1" | grep -q ' queued=0 inflight_read=0 inflight_write=0 inflight_other=0 '; }
+
+# next_device_works: a fresh device with a fresh daemon passes fio verify.
+next_device_works() {
+    dm_user_create next 32768 next-ctl || fail "the next device cannot be created"
+    serve next next-ctl --threads 2
+    fio_verify /dev/mapper/next --size=4M --iodepth=8 || fail "the next device does not serve I/O"
+    daemon_stop next
+    dm_user_remove next || fail "the next device cannot be removed"
+}
