@@ -383,6 +383,9 @@ static void dmu_wake_one(struct dmu_target *t)
 
 	spin_lock_irqsave(&t->wq.lock, flags);
 	list_for_each_entry_safe(curr, next, &t->wq.head, entry) {
+		/* A wake_up_all() in progress parks a bookmark here. */
+		if (curr->flags & WQ_FLAG_BOOKMARK)
+			continue;
 		ret = curr->func(curr, TASK_NORMAL, 0,
 				 poll_to_key(EPOLLIN | EPOLLRDNORM));
 		if (ret < 0)
