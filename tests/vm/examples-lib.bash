@@ -70,11 +70,16 @@ ex_ext4() {
     local dev=$1 src=${EX_EXT4_TREE:-/usr/include/linux} mnt
     vm_modload ext4 || fail "cannot load ext4"
     mnt=$(mktemp -d /tmp/ext4.XXXXXX)
+    local t0=$SECONDS
     mkfs.ext4 -q -F "$dev" || fail "mkfs.ext4 failed"
-    mount -t ext4 "$dev" "$mnt" || fail "mount failed"
+    echo "  [$((SECONDS - t0)) s] mkfs.ext4"
+    mount -t ext4 -o noinit_itable "$dev" "$mnt" || fail "mount failed"
     cp -a "$src" "$mnt/tree" || { umount "$mnt"; fail "cp -a failed"; }
+    echo "  [$((SECONDS - t0)) s] cp -a $src"
     umount "$mnt" || fail "umount failed"
+    echo "  [$((SECONDS - t0)) s] umount"
     fsck.ext4 -f -n "$dev" >/tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "fsck -f found problems"; }
+    echo "  [$((SECONDS - t0)) s] fsck -f"
     echo 3 >/proc/sys/vm/drop_caches
     mount -t ext4 -o ro "$dev" "$mnt" || fail "second mount failed"
     diff -r "$src" "$mnt/tree" >/tmp/diff.log 2>&1 || {
@@ -83,5 +88,6 @@ ex_ext4() {
         fail "contents differ after remount"
     }
     umount "$mnt" && rmdir "$mnt"
+    echo "  [$((SECONDS - t0)) s] remount, diff -r"
     echo "ext4 round trip: $(du -sh "$src" | cut -f1) in $(find "$src" | wc -l) entries copied, fsck clean, equal after remount"
 }
