@@ -65,9 +65,9 @@ ex_blocks() { stat -c %b "$1"; }
 
 # ex_ext4 DEV: mkfs.ext4, mount, copy a source tree, umount, fsck -f, remount, diff -r. The
 # steps of lib.sh's ext4_roundtrip with a tree (/usr/include/linux: 800 files, 7 MiB) that
-# fits the time TCG gives three daemons; EX_EXT4_TREE=/usr/include for the full copy.
+# fits the time TCG gives three daemons; VMT_EXT4_TREE=/usr/include for the full copy.
 ex_ext4() {
-    local dev=$1 src=${EX_EXT4_TREE:-/usr/include/linux} mnt
+    local dev=$1 src=${VMT_EXT4_TREE:-/usr/include/linux} mnt
     vm_modload ext4 || fail "cannot load ext4"
     mnt=$(mktemp -d /tmp/ext4.XXXXXX)
     local t0=$SECONDS
