@@ -111,7 +111,7 @@ private:
         std::size_t capacity = 0;
         std::uint64_t pending_read = 0; // io_op id of a read that may be cancelled
         iovec iov[2]{};
-        std::string bad; // why the request just read is malformed, if it is
+        std::string_view bad; // why the request just read is malformed (a literal), if it is
     };
     struct channel {
         unique_fd fd;

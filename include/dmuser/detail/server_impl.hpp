@@ -331,8 +331,8 @@ task<void> server<S>::slot_loop(worker& w, channel& ch, slot& s) {
             if (!got)
                 continue;
             w.stats.request_started();
-            std::string_view why = s.bad.empty() ? check_request(req, max_payload_, store_size_)
-                                                 : std::string_view(s.bad);
+            std::string_view why =
+                s.bad.empty() ? check_request(req, max_payload_, store_size_) : s.bad;
             reply rep;
             if (!why.empty()) {
                 reject(w, why, &req);
