@@ -3,6 +3,7 @@
 
 #include "dmuser/block_store.hpp"
 #include "dmuser/channel_source.hpp"
+#include "dmuser/device.hpp"
 #include "dmuser/dispatch.hpp"
 #include "dmuser/file_io.hpp"
 #include "dmuser/frame_allocator.hpp"

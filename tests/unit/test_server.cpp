@@ -356,3 +356,26 @@ TEST_CASE("server: stats are printed periodically when asked") {
     CHECK(s.stop() == 0);
     CHECK(logged_has("read 1 req 4096 B 0 err"));
 }
+
+TEST_CASE("server: SIGTERM answers the requests in flight, then stops") {
+    fake_kernel k;
+    delaying_store store;
+    std::memset(store.mem.data(), 20, store.mem.size());
+    dmuser::server srv(store, k, {.depth = 8, .io_flusher = false, .handle_signals = true});
+    std::atomic<int> rc{-1};
+    // run() blocks SIGINT/SIGTERM in its own thread and reads them from a signalfd there;
+    // the signal is sent to that thread only, so the test process itself is never hit.
+    std::thread t([&] { rc = srv.run(); });
+    while (!srv.ready())
+        std::this_thread::sleep_for(1ms);
+    std::vector<std::future<fake_response>> answers;
+    for (int i = 0; i < 4; ++i)
+        answers.push_back(k.submit(fake_request{DM_USER_REQ_MAP_READ, 0, 0, 512, {}}));
+    while (store.started < 4)
+        std::this_thread::sleep_for(1ms);
+    REQUIRE(pthread_kill(t.native_handle(), SIGTERM) == 0);
+    t.join();
+    CHECK(rc == 0);
+    for (auto& a : answers)
+        CHECK(a.get().result == DM_USER_RESP_SUCCESS);
+}
