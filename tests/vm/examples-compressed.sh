@@ -161,7 +161,7 @@ t_cli_errors() {
     rm -f /tmp/notimage /tmp/img.a /tmp/img.b /tmp/overlay
 }
 
-vm_test cmp-raw t_cmp 180
+vm_test cmp-raw t_cmp 300
 vm_test no-overlay-readonly t_readonly 150
 vm_test overlay-cow t_overlay 240
 vm_test verify-overlay t_verify 300
