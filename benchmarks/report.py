@@ -373,7 +373,7 @@ def host_tables(host):
 
 # --- the chart ------------------------------------------------------------------
 
-def chart(devices, out_dir, gnuplot="gnuplot"):
+def chart(devices, out_dir, meta=None, gnuplot="gnuplot"):
     """Clustered bars: one cluster per figure, one bar per device, as a ratio to
     brd on a log axis (so 0.5× and 2× sit equally far from brd's line)."""
     shown = [d for d, _ in DEVICES if devices.get(d, {}).get("figures") and d not in ("brd", "brd_end")]
@@ -410,10 +410,13 @@ def chart(devices, out_dir, gnuplot="gnuplot"):
         f'set arrow from {i - 0.45}, first {g} to {i + 0.45}, first {g} nohead lw 2 lc rgb "#c62828" front'
         for i, (key, *_) in enumerate(FIGURES) for k, g in GOALS if k == key)
     plots.append("NaN with lines lw 2 lc rgb '#c62828' title 'goal for dmuser-ramdisk'")
+    meta = meta or {}
+    subtitle = (f"{meta.get('date', '')[:10]}, {meta.get('runtime_s', '?')} s per figure, "
+                f"kernel {meta.get('kernel', '?')}, one run on a shared host")
     script = f"""
 set terminal pngcairo size 1400,720 font "DejaVu Sans,12"
 set output '{png}'
-set title "Each device against brd in the same boot (ratio; log scale; 1 = brd)" font ",15"
+set title "Each device against brd in the same boot (ratio; log scale; 1 = brd)\\n{{/*0.75 {subtitle}}}" font ",15"
 set style data histograms
 set style histogram clustered gap 1.5
 set style fill solid 0.95 border rgb "#404040"
@@ -425,6 +428,7 @@ set bmargin 4
 set grid ytics lc rgb "#dddddd"
 set ylabel "throughput ÷ brd's"
 set key outside right top vertical Left reverse noenhanced
+set termoption enhanced
 set xtics nomirror scale 0
 set ytics nomirror
 set xrange [-0.6:{len(FIGURES) - 0.4}]
@@ -530,7 +534,7 @@ def main():
                  if devices.get(d, {}).get("note")]
         if notes:
             md.append("\n".join(notes) + "\n")
-        png = chart(devices, args.out)
+        png = chart(devices, args.out, meta)
         if png:
             md.append("![each device against brd](chart.png)\n")
         md.append("`iou-wrk`: io_uring worker threads counted during the QD32 runs (most seen), of fio "

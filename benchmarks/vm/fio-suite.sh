@@ -424,19 +424,17 @@ teardown_tmpfs() {
 
 # --- perf, where it works -------------------------------------------------------
 # profile DEVICE TARGET: a system-wide cpu-clock profile of 4K random reads and
-# writes at QD32, the top symbols as text.
+# writes at QD32, the top symbols as text. perf runs fio itself, so the
+# profile covers the I/O however long perf takes to start over 9p.
 profile() {
     local dev=$1 target=$2 rw
     command -v perf >/dev/null || { echo "perf not installed" >"$OUT/$dev/profile.txt"; return; }
     for rw in randread randwrite; do
-        "${FIO[@]}" --name=prof --filename="$target" --size="${SIZE_MB}m" --ioengine=io_uring \
-            --direct="$DIRECT" --rw=$rw --bs=4k --iodepth=32 --time_based \
-            --runtime=$((RUNTIME + 2)) --norandommap --randrepeat=0 >/dev/null 2>&1 &
-        local f=$!
-        sleep 1
-        perf record -q -a -g -e cpu-clock -o "$WORK/perf.data" -- sleep "$RUNTIME" \
-            >/dev/null 2>"$OUT/$dev/perf-$rw.err"
-        wait $f
+        perf record -q -a -g -e cpu-clock -o "$WORK/perf.data" -- \
+            "${FIO[@]}" --name=prof --filename="$target" --size="${SIZE_MB}m" \
+            --ioengine=io_uring --direct="$DIRECT" --rw=$rw --bs=4k --iodepth=32 \
+            --time_based --runtime="$RUNTIME" --norandommap --randrepeat=0 \
+            --output-format=terse >"$OUT/$dev/perf-$rw.fio" 2>"$OUT/$dev/perf-$rw.err"
         {
             echo "## $dev 4k $rw QD32: perf cpu-clock, whole guest, self time"
             perf report -i "$WORK/perf.data" --stdio --no-children --sort comm,dso,sym \
@@ -448,13 +446,6 @@ profile() {
         rm -f "$WORK/perf.data"
     done
     log "$dev: profile taken"
-}
-
-# send_results DEVICE: the device's folder and meta.txt, out through the console.
-send_results() {
-    echo "==BENCH-TAR-BEGIN== $1"
-    tar -C "$OUT" -czf - meta.txt "$1" | base64 -w 76
-    echo "==BENCH-TAR-END=="
 }
 
 # --- the run ------------------------------------------------------------------
