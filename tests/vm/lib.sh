@@ -397,6 +397,6 @@ vm_tests_run() {
         fi
     done
     set +m
-    vmt_result done "$stem"
+    vmt_result "done" "$stem"
     [ $failed -eq 0 ]
 }
