@@ -706,10 +706,11 @@ static bool wait_status(const char *key, int want)
 {
 	int i;
 
-	for (i = 0; i < 100; i++) {
+	/* Generous: a loaded TCG guest takes seconds to fork and submit. */
+	for (i = 0; i < 300; i++) {
 		if (status_field(key) == want)
 			return true;
-		usleep(50000);
+		usleep(100000);
 	}
 	return false;
 }

@@ -9,7 +9,7 @@ probe_case() {
     shift
     need_cmd "$PROBE"
     dm_user_create p2 8192 p2-ctl "$@" || fail "cannot create the device"
-    timeout 60 "$PROBE" case "$case" /dev/mapper/p2 p2-ctl || fail "probe case $case failed"
+    timeout 240 "$PROBE" case "$case" /dev/mapper/p2 p2-ctl || fail "probe case $case failed"
     dm_user_remove p2 || fail "cannot remove the device"
 }
 
@@ -197,7 +197,7 @@ mtest part2-poll-nonblock t_poll_nonblock 120
 mtest part2-uring-qd32-no-workers t_uring_qd32 120
 mtest part2-whole-message t_whole_message 120
 mtest part2-max-payload t_max_payload 180
-mtest part2-status-counters t_status 180
+mtest part2-status-counters t_status 400
 mtest part2-handover-requeue t_handover 300
 mtest part2-flush-discard-write-zeroes t_flush_discard_zeroes 180
 mtest part2-options-turn-ops-off t_options_off 180

@@ -13,7 +13,7 @@ probe_case() {
     shift
     need_cmd "$PROBE"
     dm_user_create proto 8192 proto-ctl "$@" || fail "cannot create the device"
-    timeout 60 "$PROBE" case "$case" /dev/mapper/proto proto-ctl || fail "probe case $case failed"
+    timeout 240 "$PROBE" case "$case" /dev/mapper/proto proto-ctl || fail "probe case $case failed"
     dmsetup status proto
     # Whatever the case did, nothing may be left queued or in flight.
     dmsetup status proto | grep -q ' queued=0 inflight_read=0 inflight_write=0 inflight_other=0 ' ||
