@@ -448,6 +448,13 @@ profile() {
     log "$dev: profile taken"
 }
 
+# send_results DEVICE: the device's folder and meta.txt, out through the console.
+send_results() {
+    echo "==BENCH-TAR-BEGIN== $1"
+    tar -C "$OUT" -czf - meta.txt "$1" | base64 -w 76
+    echo "==BENCH-TAR-END=="
+}
+
 # --- the run ------------------------------------------------------------------
 {
     echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
