@@ -509,8 +509,11 @@ def main():
         with open(summary_path) as f:
             before = json.load(f).get("key_figures", {})
 
-    rev = git_rev(args.repo)
+    # The commit and time of the run itself, when ./dev bench recorded them.
+    rev = (read_text(os.path.join(args.vm, "commit.txt")) if args.vm else "") or git_rev(args.repo)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if meta.get("date"):
+        now = meta["date"].replace("T", " ").replace("Z", " UTC")
     md = [f"# dm-user benchmarks: latest run\n"]
     md.append(f"- date: {now}, commit {rev}")
     md.append(f"- machine: {host_machine()}")

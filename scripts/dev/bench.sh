@@ -132,7 +132,11 @@ dev_bench() {
     fi
     local report=(--out "$DEV_ROOT/benchmarks/results")
     if [ "$vm" = 1 ]; then
+        local rev
+        rev=$(git -C "$DEV_ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$DEV_ROOT" \
+            status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo +dirty)
         if bench_vm "$work/vm"; then
+            echo "$rev" >"$work/vm/commit.txt"
             report+=(--vm "$work/vm")
             bench_keep_raw "$work/vm"
         fi
