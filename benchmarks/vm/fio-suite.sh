@@ -430,17 +430,17 @@ profile() {
     local dev=$1 target=$2 rw
     command -v perf >/dev/null || { echo "perf not installed" >"$OUT/$dev/profile.txt"; return; }
     for rw in randread randwrite; do
-        perf record -q -a -g -e cpu-clock -o "$WORK/perf.data" -- \
+        timeout $((RUNTIME * 4 + 120)) perf record -q -a -g -e cpu-clock -o "$WORK/perf.data" -- \
             "${FIO[@]}" --name=prof --filename="$target" --size="${SIZE_MB}m" \
             --ioengine=io_uring --direct="$DIRECT" --rw=$rw --bs=4k --iodepth=32 \
             --time_based --runtime="$RUNTIME" --norandommap --randrepeat=0 \
             --output-format=terse >"$OUT/$dev/perf-$rw.fio" 2>"$OUT/$dev/perf-$rw.err"
         {
             echo "## $dev 4k $rw QD32: perf cpu-clock, whole guest, self time"
-            perf report -i "$WORK/perf.data" --stdio --no-children --sort comm,dso,sym \
+            timeout 300 perf report -i "$WORK/perf.data" --stdio --no-children --sort comm,dso,sym \
                 --percent-limit 0.7 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -50
             echo "## $dev 4k $rw QD32: by command"
-            perf report -i "$WORK/perf.data" --stdio --no-children --sort comm \
+            timeout 300 perf report -i "$WORK/perf.data" --stdio --no-children --sort comm \
                 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
         } >>"$OUT/$dev/profile.txt"
         rm -f "$WORK/perf.data"
