@@ -229,9 +229,21 @@ vm_run() {
     fi
 
     VM_JOB=$(mktemp -d "$VM_DIR/jobs/job.XXXXXX")
+    # The guest gets fresh tmpfs on /tmp, /run and /dev/shm, which would hide a tree
+    # cloned there (CI may clone anywhere): such a tree gets a share of its own,
+    # mounted at the same path.
+    local tree_share=
+    case "$DEV_ROOT" in
+        /tmp/* | /run/* | /dev/shm/*)
+            [[ "$DEV_ROOT" =~ ^[A-Za-z0-9_./+-]+$ ]] ||
+                die "the guest cannot mount $DEV_ROOT (only [A-Za-z0-9_./+-] in a path under /tmp, /run or /dev/shm)"
+            tree_share=$DEV_ROOT
+            ;;
+    esac
     local cwd=$PWD
     case "$cwd" in
-        /tmp | /tmp/* | /run | /run/*) warn "the guest has a fresh /tmp and /run: $cwd does not exist there; running in /"; cwd=/ ;;
+        "$DEV_ROOT" | "$DEV_ROOT"/*) ;;
+        /tmp | /tmp/* | /run | /run/* | /dev/shm | /dev/shm/*) warn "the guest has a fresh /tmp and /run: $cwd does not exist there; running in /"; cwd=/ ;;
     esac
     if [ -n "$ko" ]; then
         cp "$ko" "$VM_JOB/dm-user.ko" || die "cannot copy $ko"
@@ -274,6 +286,14 @@ vm_run() {
         -append "console=ttyS0 quiet loglevel=4 panic=-1 oops=panic softlockup_panic=1 rdinit=/init${nine_p_opts:+ vm.9p=$nine_p_opts}"
         -virtfs "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"
         -virtfs "local,path=$VM_JOB,mount_tag=job,security_model=none,multidevs=remap")
+    if [ -n "$tree_share" ]; then
+        qemu[${#qemu[@]}]=-virtfs
+        qemu[${#qemu[@]}]="local,path=$tree_share,mount_tag=tree,security_model=none,readonly=on,multidevs=remap"
+        local i
+        for i in "${!qemu[@]}"; do
+            [ "${qemu[$i]}" = -append ] && qemu[$((i + 1))]+=" vm.tree=$tree_share"
+        done
+    fi
     [ "$quiet" = 1 ] || say "booting $ver ($(grep -q kvm <<<"$accel" && echo KVM || echo TCG), ${VM_SMP:-2} cpus, $mem): $*"
     local start=$SECONDS
     local qemu_rc=0
