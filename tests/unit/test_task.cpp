@@ -48,8 +48,15 @@ TEST_CASE("task is lazy and returns its value") {
 TEST_CASE("task chains resume by symmetric transfer without growing the stack") {
     dmuser::ring r;
     // Each level completes synchronously: without symmetric transfer this would need
-    // 100000 nested resume() frames and overflow the stack.
-    CHECK(r.run(add_one(100000)) == 100000);
+    // 100000 nested resume() frames and overflow the stack. GCC emits no tail call for
+    // the transfer under ASan, so the sanitized build checks the result at a depth any
+    // stack holds; the optimized build checks the stack property.
+#if defined(__SANITIZE_ADDRESS__)
+    constexpr int depth = 1000;
+#else
+    constexpr int depth = 100000;
+#endif
+    CHECK(r.run(add_one(depth)) == depth);
 }
 
 TEST_CASE("task propagates exceptions to its awaiter") {
