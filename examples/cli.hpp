@@ -41,6 +41,14 @@ inline std::optional<std::uint64_t> parse_size(std::string_view s) {
     return n << shift;
 }
 
+// The value of a size option such as --size, or an error naming the option.
+inline std::uint64_t size_option(std::string_view option, std::string_view value) {
+    if (auto n = parse_size(value))
+        return *n;
+    throw std::invalid_argument(
+        fmt::format("{} '{}': expected a size such as 256M or 1G", option, value));
+}
+
 inline std::optional<unsigned> parse_count(std::string_view s, unsigned min, unsigned max) {
     unsigned n = 0;
     const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);

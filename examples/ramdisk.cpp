@@ -81,10 +81,7 @@ int run(int argc, char** argv) {
             return 0;
         }
         if (auto v = args.value("--size")) {
-            size = parse_size(*v);
-            if (!size)
-                throw std::invalid_argument(
-                    fmt::format("--size '{}': expected a size such as 256M or 1G", *v));
+            size = size_option("--size", *v);
         } else if (!parse_common_option(args, opt)) {
             throw std::invalid_argument(
                 fmt::format("unknown argument '{}' (see --help)", args.current()));
