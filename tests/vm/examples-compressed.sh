@@ -98,7 +98,7 @@ t_verify() {
 }
 
 t_ext4() {
-    truncate -s 64M /tmp/zero.raw
+    truncate -s 128M /tmp/zero.raw
     mkimage --fast /tmp/zero.raw /tmp/zero.img
     rm -f /tmp/overlay
     ex_start cz cz dmuser-compressed --threads 2 --overlay /tmp/overlay /tmp/zero.img

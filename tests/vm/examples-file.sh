@@ -26,7 +26,7 @@ t_verify_blockdev_4ch() {
 
 t_ext4() {
     rm -f /tmp/backing
-    ex_start fd fd dmuser-file --size 64M --threads 2 /tmp/backing
+    ex_start fd fd dmuser-file --size 128M --threads 2 /tmp/backing
     ex_ext4 /dev/mapper/fd
     ex_stop fd fd
     rm -f /tmp/backing

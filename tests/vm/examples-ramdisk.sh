@@ -19,7 +19,7 @@ t_verify_4ch() {
 }
 
 t_ext4() {
-    ex_start rd rd dmuser-ramdisk --size 64M --threads 2
+    ex_start rd rd dmuser-ramdisk --size 128M --threads 2
     ex_ext4 /dev/mapper/rd
     ex_stop rd rd
 }
