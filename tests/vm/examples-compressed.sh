@@ -81,21 +81,23 @@ t_overlay() {
     rm -f /tmp/overlay /tmp/data /tmp/img.check
 }
 
-# fio verify and ext4 need a writable device: a zero image with an overlay. The full
-# QD x channels matrix runs on the other daemons; here 1 channel at QD1 and 4 at QD32, 32 MiB.
+# fio verify and ext4 need a writable device: a zero image with an overlay. fio verify at QD1
+# and QD32 over the whole 32 MiB device, through 1 or 4 channels ($1).
 t_verify() {
+    local channels=$1 threads=1
+    [ "$channels" -gt 1 ] && threads=2
     truncate -s 32M /tmp/zero.raw
     mkimage --fast /tmp/zero.raw /tmp/zero.img
     rm -f /tmp/overlay
-    ex_start cz cz dmuser-compressed --channels 1 --overlay /tmp/overlay /tmp/zero.img
+    ex_start cz cz dmuser-compressed --threads "$threads" --channels "$channels" \
+        --overlay /tmp/overlay /tmp/zero.img
     ex_fio /dev/mapper/cz 1
-    ex_stop cz cz
-    rm -f /tmp/overlay
-    ex_start cz cz dmuser-compressed --threads 2 --channels 4 --overlay /tmp/overlay /tmp/zero.img
     ex_fio /dev/mapper/cz 32
     ex_stop cz cz
     rm -f /tmp/overlay /tmp/zero.img /tmp/zero.raw
 }
+t_verify_1ch() { t_verify 1; }
+t_verify_4ch() { t_verify 4; }
 
 t_ext4() {
     truncate -s 128M /tmp/zero.raw
@@ -164,7 +166,8 @@ t_cli_errors() {
 vm_test cmp-raw t_cmp 300
 vm_test no-overlay-readonly t_readonly 150
 vm_test overlay-cow t_overlay 240
-vm_test verify-overlay t_verify 300
+vm_test verify-overlay-1ch t_verify_1ch 300
+vm_test verify-overlay-4ch t_verify_4ch 300
 vm_test ext4-overlay t_ext4 300
 vm_test corrupt-chunk t_corrupt 240
 vm_test cli-errors t_cli_errors 180
