@@ -24,6 +24,16 @@ serve() {
 # stats NAME KEY: a counter the stopped daemon NAME wrote to /tmp/NAME.stats.
 stats() { grep -o "\b$2=[0-9]*" "/tmp/$1.stats" | cut -d= -f2; }
 
+# probe_run NAME CASE [TABLE-OPTIONS...]: run tests/module-probe.c's case CASE on
+# a fresh device NAME (control NAME-ctl); the caller inspects and removes it.
+probe_run() {
+    local name=$1 case=$2
+    shift 2
+    need_cmd "$PROBE"
+    dm_user_create "$name" 8192 "$name-ctl" "$@" || fail "cannot create the device"
+    timeout 240 "$PROBE" case "$case" "/dev/mapper/$name" "$name-ctl" || fail "probe case $case failed"
+}
+
 # idle NAME: nothing queued or in flight on device NAME.
 idle() { dmsetup status "$1" | grep -q ' queued=0 inflight_read=0 inflight_write=0 inflight_other=0 '; }
 

@@ -5,11 +5,7 @@ source "$DEV_ROOT/tests/vm/lib.sh"
 source "$DEV_ROOT/tests/vm/module-lib.bash"
 
 probe_case() {
-    local case=$1
-    shift
-    need_cmd "$PROBE"
-    dm_user_create p2 8192 p2-ctl "$@" || fail "cannot create the device"
-    timeout 240 "$PROBE" case "$case" /dev/mapper/p2 p2-ctl || fail "probe case $case failed"
+    probe_run p2 "$@"
     dm_user_remove p2 || fail "cannot remove the device"
 }
 

@@ -9,15 +9,10 @@ source "$DEV_ROOT/tests/vm/module-lib.bash"
 
 # probe_case CASE [TABLE-OPTIONS...]: run one probe case on a fresh device.
 probe_case() {
-    local case=$1
-    shift
-    need_cmd "$PROBE"
-    dm_user_create proto 8192 proto-ctl "$@" || fail "cannot create the device"
-    timeout 240 "$PROBE" case "$case" /dev/mapper/proto proto-ctl || fail "probe case $case failed"
+    probe_run proto "$@"
     dmsetup status proto
     # Whatever the case did, nothing may be left queued or in flight.
-    dmsetup status proto | grep -q ' queued=0 inflight_read=0 inflight_write=0 inflight_other=0 ' ||
-        fail "requests left behind: $(dmsetup status proto)"
+    idle proto || fail "requests left behind: $(dmsetup status proto)"
     dm_user_remove proto || fail "cannot remove the device"
 }
 
