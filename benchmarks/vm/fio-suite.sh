@@ -9,6 +9,8 @@
 #
 #   fio-suite.sh [--build DIR] [--runtime S] [--ramp S] [--size-mb N]
 #                [--devices "brd nullb ..."] [--profile] [--quick]
+#                [--figures "randread-4k-qd1 ..."]
+#                [--profile-devices "ramdisk2"] [--profile-figures "randread-4k-qd32 ..."]
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -18,6 +20,9 @@ RUNTIME=6
 RAMP=1
 SIZE_MB=512
 PROFILE=0
+PROFILE_DEVICES="ramdisk2"
+ONLY_FIGURES=""
+PROFILE_FIGURES="randread-4k-qd32 randwrite-4k-qd32"
 DEVICES="brd nullb loop nbd legacy ramdisk1 ramdisk2 ext4 tmpfs brd_end"
 while [ $# -gt 0 ]; do
     case $1 in
@@ -26,7 +31,10 @@ while [ $# -gt 0 ]; do
         --ramp) RAMP=$2; shift ;;
         --size-mb) SIZE_MB=$2; shift ;;
         --devices) DEVICES=$2; shift ;;
+        --figures) ONLY_FIGURES=$2; shift ;;
         --profile) PROFILE=1 ;;
+        --profile-devices) PROFILE=1; PROFILE_DEVICES=$2; shift ;;
+        --profile-figures) PROFILE=1; PROFILE_FIGURES=$2; shift ;;
         --quick) RUNTIME=2; RAMP=1 ;;
         *) echo "fio-suite: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -65,6 +73,13 @@ FIGURES=(
     "read-1m-qd8|--rw=read --bs=1m --iodepth=8"
     "write-1m-qd8|--rw=write --bs=1m --iodepth=8"
 )
+if [ -n "$ONLY_FIGURES" ]; then
+    kept=()
+    for fig in "${FIGURES[@]}"; do
+        [[ " $ONLY_FIGURES " == *" ${fig%%|*} "* ]] && kept+=("$fig")
+    done
+    FIGURES=("${kept[@]}")
+fi
 read -r -a DEVLIST <<<"$DEVICES"
 TOTAL=$((${#DEVLIST[@]} * ${#FIGURES[@]}))
 STEP=0
@@ -423,27 +438,33 @@ teardown_tmpfs() {
 }
 
 # --- perf, where it works -------------------------------------------------------
-# profile DEVICE TARGET: a system-wide cpu-clock profile of 4K random reads and
-# writes at QD32, the top symbols as text. perf runs fio itself, so the
+# profile DEVICE TARGET: a system-wide cpu-clock profile of each figure in
+# PROFILE_FIGURES, the top symbols as text. perf runs fio itself, so the
 # profile covers the I/O however long perf takes to start over 9p.
 profile() {
-    local dev=$1 target=$2 rw
+    local dev=$1 target=$2 want fig name args
     command -v perf >/dev/null || { echo "perf not installed" >"$OUT/$dev/profile.txt"; return; }
-    for rw in randread randwrite; do
-        timeout $((RUNTIME * 4 + 120)) perf record -q -a -g -e cpu-clock -o "$WORK/perf.data" -- \
-            "${FIO[@]}" --name=prof --filename="$target" --size="${SIZE_MB}m" \
-            --ioengine=io_uring --direct="$DIRECT" --rw=$rw --bs=4k --iodepth=32 \
-            --time_based --runtime="$RUNTIME" --norandommap --randrepeat=0 \
-            --output-format=terse >"$OUT/$dev/perf-$rw.fio" 2>"$OUT/$dev/perf-$rw.err"
-        {
-            echo "## $dev 4k $rw QD32: perf cpu-clock, whole guest, self time"
-            timeout 300 perf report -i "$WORK/perf.data" --stdio --no-children --sort comm,dso,sym \
-                --percent-limit 0.7 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -50
-            echo "## $dev 4k $rw QD32: by command"
-            timeout 300 perf report -i "$WORK/perf.data" --stdio --no-children --sort comm \
-                -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
-        } >>"$OUT/$dev/profile.txt"
-        rm -f "$WORK/perf.data"
+    for want in $PROFILE_FIGURES; do
+        for fig in "${FIGURES[@]}"; do
+            name=${fig%%|*}
+            args=${fig#*|}
+            [ "$name" = "$want" ] || continue
+            # shellcheck disable=SC2086
+            timeout $((RUNTIME * 4 + 120)) perf record -q -a -g -e cpu-clock -o "$WORK/perf.data" -- \
+                "${FIO[@]}" --name=prof --filename="$target" --size="${SIZE_MB}m" \
+                --ioengine=io_uring --direct="$DIRECT" $args \
+                --time_based --runtime="$RUNTIME" --norandommap --randrepeat=0 \
+                --output-format=terse >"$OUT/$dev/perf-$name.fio" 2>"$OUT/$dev/perf-$name.err"
+            {
+                echo "## $dev $name: perf cpu-clock, whole guest, self time"
+                timeout 300 perf report -i "$WORK/perf.data" --stdio --no-children --sort comm,dso,sym \
+                    --percent-limit 0.7 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -50
+                echo "## $dev $name: by command"
+                timeout 300 perf report -i "$WORK/perf.data" --stdio --no-children --sort comm \
+                    -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
+            } >>"$OUT/$dev/profile.txt"
+            rm -f "$WORK/perf.data"
+        done
     done
     log "$dev: profile taken"
 }
@@ -502,7 +523,7 @@ for dev in "${DEVLIST[@]}"; do
     if [ -n "$DAEMON_PIDS" ]; then
         echo "idle $(iou_wrk_count)" >"$OUT/$dev/iouwrk-idle"
     fi
-    if [ "$PROFILE" = 1 ] && [ "$dev" = ramdisk2 ]; then
+    if [ "$PROFILE" = 1 ] && [[ " $PROFILE_DEVICES " == *" $dev "* ]]; then
         profile "$dev" "$target"
     fi
     status "$dev" ok
