@@ -1,6 +1,7 @@
 // dmuser-ramdisk: a block device kept in this process's memory. READs are answered straight
-// from that memory (read_view: one writev of header + pages, no copy); DISCARD and
-// WRITE_ZEROES hand whole pages back to the kernel.
+// from that memory (read_view: one writev of header + pages, no copy), large WRITEs are
+// read straight into it (write_view); DISCARD and WRITE_ZEROES hand whole pages back to
+// the kernel.
 #include "cli.hpp"
 #include "daemon.hpp"
 
@@ -46,6 +47,9 @@ public:
         std::memcpy(mem_ + off, in.data(), in.size());
     }
     std::span<const std::byte> read_view(std::uint64_t off, std::uint64_t len) const {
+        return {mem_ + off, len};
+    }
+    std::span<std::byte> write_view(std::uint64_t off, std::uint64_t len) {
         return {mem_ + off, len};
     }
     std::error_code discard(std::uint64_t off, std::uint64_t len) { return zero(off, len); }

@@ -3,8 +3,9 @@
 // Required: size() in bytes, read(offset, span<byte>) and write(offset, span<const byte>).
 // Optional, detected at compile time: flush(), discard(offset, len),
 // write_zeroes(offset, len), secure_erase(offset, len), write_fua(offset, data) (a write
-// that is durable when it completes) and read_view(offset, len) (lend the store's own
-// memory for a READ: the reply goes out straight from it, no copy).
+// that is durable when it completes), read_view(offset, len) (lend the store's own
+// memory for a READ: the reply goes out straight from it, no copy) and
+// write_view(offset, len) (lend it for a WRITE: the payload is read straight into it).
 //
 // Each operation may complete at once, returning void or std::error_code, or be a
 // coroutine returning dmuser::task<void> or dmuser::task<std::error_code> that co_awaits
@@ -67,6 +68,16 @@ concept has_write_fua = requires(S& s, std::uint64_t offset, std::span<const std
 template <typename S>
 concept has_read_view = requires(S& s, std::uint64_t offset, std::uint64_t len) {
     { s.read_view(offset, len) } -> std::convertible_to<std::span<const std::byte>>;
+};
+
+// Zero-copy WRITE: a span of exactly len bytes of the store's own memory, into which the
+// server reads a WRITE's payload as it arrives, or an empty span to fall back to write().
+// Lending the span is the write: a request that fails halfway leaves the range partly
+// written, as a failed write leaves a disk. Used for writes without PREFLUSH/FUA (any
+// write if the store has neither flush() nor write_fua()).
+template <typename S>
+concept has_write_view = requires(S& s, std::uint64_t offset, std::uint64_t len) {
+    { s.write_view(offset, len) } -> std::convertible_to<std::span<std::byte>>;
 };
 
 } // namespace dmuser

@@ -9,6 +9,11 @@
 // Android's module (ENOTTY) each channel serves one request at a time, header then
 // payload. run() returns after SIGINT/SIGTERM, stop(), or the target's removal
 // (ENOTBLK), having answered every request it read.
+//
+// A store with write_view() gets large WRITEs with one copy instead of two: a read stops
+// after `write_view_above` bytes of payload, and the rest is read straight into the
+// store's memory. The rest comes with the channel's next read, so on Part 2 every slot
+// then has a channel of its own (channels x depth channels, one read outstanding each).
 #pragma once
 
 #include "dmuser/block_store.hpp"
@@ -49,6 +54,9 @@ struct server_options {
     unsigned channels = 0; // channels opened, spread over the threads; 0 = one per thread
     unsigned depth = 32;   // requests in flight per channel (Part 2 modules)
     unsigned ring_entries = 256;
+    // write_view stores: WRITEs with more payload than this land in the store's memory
+    // (one more read each, one copy less); 0 = never.
+    std::size_t write_view_above = 32u << 10;
     std::uint64_t part1_max_payload = 16u << 20; // largest request accepted from Part 1
     bool requeue_on_close = true; // Part 2: a restarted daemon takes over unanswered requests
     bool io_flusher = true;       // PR_SET_IO_FLUSHER on every server thread
@@ -109,6 +117,7 @@ private:
     struct slot {
         detail::page_buffer buffer;
         std::size_t capacity = 0;
+        bool landed = false;            // the WRITE just read is already in the store
         std::uint64_t pending_read = 0; // io_op id of a read that may be cancelled
         iovec iov[2]{};
         std::string_view bad; // why the request just read is malformed (a literal), if it is
@@ -161,6 +170,8 @@ private:
     task<bool> read_whole(worker& w, channel& ch, slot& s, request& req);
     task<bool> read_stream(worker& w, channel& ch, slot& s, request& req);
     task<bool> read_fully(worker& w, int fd, std::byte* at, std::size_t n);
+    task<bool> read_rest(worker& w, channel& ch, slot& s, request& req, std::size_t have);
+    std::byte* landing_zone(slot& s, const request& req);
     task<bool> send(worker& w, channel& ch, slot& s, const request& req, const reply& rep);
     task<void> watch_signals(worker& w, int signal_fd);
     task<void> print_stats(worker& w);
@@ -173,6 +184,8 @@ private:
     server_options opts_;
     module_info module_;
     bool whole_messages_ = false;
+    bool split_writes_ = false; // whole-message reads stop early for write_view
+    std::size_t read_size_ = 0; // bytes asked of each whole-message read
     std::uint64_t max_payload_ = 0;
     std::uint64_t store_size_ = 0;
     std::vector<std::unique_ptr<channel>> channels_;

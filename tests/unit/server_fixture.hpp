@@ -78,6 +78,21 @@ struct lending_store : mem_store {
     }
 };
 
+// Lends its pages for WRITEs too, and counts the writes that came the copying way.
+struct landing_store : lending_store {
+    using lending_store::lending_store;
+    std::atomic<int> copied_writes{0};
+    std::atomic<int> landed_writes{0};
+    void write(std::uint64_t off, std::span<const std::byte> in) {
+        ++copied_writes;
+        lending_store::write(off, in);
+    }
+    std::span<std::byte> write_view(std::uint64_t off, std::uint64_t len) {
+        ++landed_writes;
+        return {mem.data() + off, len};
+    }
+};
+
 inline std::vector<std::byte> pattern(std::size_t n, unsigned seed) {
     std::vector<std::byte> v(n);
     std::uint32_t x = seed * 2654435761u + 1;

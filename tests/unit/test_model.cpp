@@ -139,3 +139,17 @@ TEST_CASE("model: random ops on a file-backed store (backing I/O on the same rin
     auto store = test::make_file_store(fo.device_bytes);
     run_model(store, fo, {.threads = 2, .channels = 2, .depth = 8}, 300, 5);
 }
+
+TEST_CASE("model: random ops on a store lending its pages for READs and WRITEs") {
+    for (bool p2 : {true, false}) {
+        fake_options fo;
+        fo.part2 = p2;
+        fo.device_bytes = 8 << 20;
+        fo.max_payload = 64 << 10;
+        fo.split = dmuser::header_size + 8192;
+        test::landing_store store(fo.device_bytes);
+        run_model(store, fo, {.threads = 2, .channels = 2, .depth = 4, .write_view_above = 8192},
+                  400, 7 + p2);
+        CHECK(store.landed_writes > 0);
+    }
+}

@@ -129,6 +129,39 @@ TEST_CASE("server: READ answered from the store's own pages (read_view)") {
     CHECK(s.stop() == 0);
 }
 
+TEST_CASE("server: large WRITEs land in the store's own pages (write_view)") {
+    for (bool p2 : {true, false}) {
+        fake_options o;
+        o.part2 = p2;
+        // What the module does for a read of header + 4 KiB: the rest comes with the next.
+        o.split = dmuser::header_size + 4096;
+        fake_kernel k(o);
+        test::landing_store store(k.options().device_bytes);
+        running_server s(store, k, {.depth = 4, .write_view_above = 4096});
+        INFO("part2 " << p2);
+        auto big = pattern(65536, 21);
+        CHECK(k.write(8192, big).result == DM_USER_RESP_SUCCESS);
+        CHECK(store.landed_writes == 1);
+        CHECK(store.copied_writes == 0);
+        CHECK(k.read(8192, 65536).data == big);
+        // Small on Part 2: it came whole, so it is copied from the read buffer.
+        auto small = pattern(2048, 22);
+        CHECK(k.write(0, small).result == DM_USER_RESP_SUCCESS);
+        CHECK(store.copied_writes == (p2 ? 1 : 0));
+        // The store has flush(): FUA goes through write() and then the flush.
+        CHECK(k.write(131072, big, DM_USER_REQ_MAP_FLAG_FUA).result == DM_USER_RESP_SUCCESS);
+        CHECK(store.flushes == 1);
+        CHECK(k.read(131072, 65536).data == big);
+        CHECK(k.read(0, 2048).data == small);
+        // Past the end: rejected before any memory is lent, and the stream stays in step.
+        CHECK(k.write(k.options().device_bytes - 4096, big).result == DM_USER_RESP_ERROR);
+        CHECK(k.write(65536 * 4, big).result == DM_USER_RESP_SUCCESS);
+        CHECK(k.read(65536 * 4, 65536).data == big);
+        CHECK(s.stop() == 0);
+        CHECK(k.violations().empty());
+    }
+}
+
 namespace {
 // Each request sleeps for the time its first byte says, so answers come out of order.
 struct delaying_store {

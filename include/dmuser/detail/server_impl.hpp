@@ -31,12 +31,6 @@ int server<S>::run() {
         if (in.device_sectors * sector_size > store_size_)
             log::warn("device is {} B but the store only {} B: requests past the store fail",
                       in.device_sectors * sector_size, store_size_);
-        if (opts_.requeue_on_close && module_.has_feature(DM_USER_FEATURE_REQUEUE))
-            for (auto& ch : channels_)
-                if (auto ec =
-                        source_.set_channel_flags(ch->fd.get(), DM_USER_CHANNEL_REQUEUE_ON_CLOSE))
-                    log::warn("{}: DM_USER_CHANNEL_REQUEUE_ON_CLOSE: {}", source_.describe(),
-                              ec.message());
     } else {
         max_payload_ = opts_.part1_max_payload;
         log::info("{}: module without DM_USER_IOC_GET_INFO (Android's Part 1 ABI): one "
@@ -47,10 +41,32 @@ int server<S>::run() {
         log::warn("{}: module lacks whole-message reads: one request at a time per channel",
                   source_.describe());
 
-    const unsigned depth = whole_messages_ ? opts_.depth : 1;
+    unsigned depth = whole_messages_ ? opts_.depth : 1;
     const std::size_t first_capacity =
         header_size +
         (whole_messages_ ? max_payload_ : std::min<std::uint64_t>(max_payload_, 128u << 10));
+    read_size_ = first_capacity;
+    if constexpr (has_write_view<S>)
+        split_writes_ =
+            whole_messages_ && opts_.write_view_above > 0 && opts_.write_view_above < max_payload_;
+    if (split_writes_) {
+        // The rest of a split WRITE comes with its channel's next read: one read
+        // outstanding per channel, so one channel per slot.
+        read_size_ = header_size + opts_.write_view_above;
+        const std::size_t wanted = std::size_t(opts_.channels) * depth;
+        while (channels_.size() < wanted) {
+            auto ch = std::make_unique<channel>();
+            ch->fd = source_.open_channel();
+            channels_.push_back(std::move(ch));
+        }
+        depth = 1;
+    }
+    if (module_.extensions && opts_.requeue_on_close &&
+        module_.has_feature(DM_USER_FEATURE_REQUEUE))
+        for (auto& ch : channels_)
+            if (auto ec = source_.set_channel_flags(ch->fd.get(), DM_USER_CHANNEL_REQUEUE_ON_CLOSE))
+                log::warn("{}: DM_USER_CHANNEL_REQUEUE_ON_CLOSE: {}", source_.describe(),
+                          ec.message());
     for (auto& ch : channels_)
         for (unsigned d = 0; d < depth; ++d) {
             auto s = std::make_unique<slot>();
@@ -182,7 +198,7 @@ void server<S>::reject(worker& w, std::string_view why, const request* req) {
 
 template <BlockStore S>
 task<bool> server<S>::read_whole(worker& w, channel& ch, slot& s, request& req) {
-    io_op rd = w.r->read(ch.fd.get(), std::span(s.buffer.get(), s.capacity), 0);
+    io_op rd = w.r->read(ch.fd.get(), std::span(s.buffer.get(), read_size_), 0);
     s.pending_read = rd.id();
     io_result got = co_await rd;
     s.pending_read = 0;
@@ -195,9 +211,12 @@ task<bool> server<S>::read_whole(worker& w, channel& ch, slot& s, request& req) 
     }
     req = decode_header(std::span<const std::byte, header_size>(s.buffer.get(), header_size));
     s.bad = {};
+    s.landed = false;
     std::size_t expect = header_size + (req.carries_payload() ? req.len : 0);
     if (req.carries_payload() && req.len > max_payload_)
         s.bad = "length over the maximum payload";
+    else if (n < expect && split_writes_ && req.type == DM_USER_REQ_MAP_WRITE)
+        co_return co_await read_rest(w, ch, s, req, n);
     else if (n < expect)
         s.bad = "message shorter than its header says";
     else if (n > expect)
@@ -218,6 +237,55 @@ task<bool> server<S>::read_fully(worker& w, int fd, std::byte* at, std::size_t n
         at += got.bytes();
         n -= got.bytes();
     }
+    co_return true;
+}
+
+// Where a WRITE's payload may be read to: the store's own memory (write_view), or null
+// for the slot's buffer.
+template <BlockStore S>
+std::byte* server<S>::landing_zone(slot& s, const request& req) {
+    if constexpr (has_write_view<S>) {
+        if (req.type != DM_USER_REQ_MAP_WRITE || req.len == 0 || !s.bad.empty() ||
+            !check_request(req, max_payload_, store_size_).empty())
+            return nullptr;
+        // Ordering against a flush needs the store's own write paths.
+        if ((has_flush<S> || has_write_fua<S>)&&(req.has(DM_USER_REQ_MAP_FLAG_PREFLUSH) ||
+                                                 req.has(DM_USER_REQ_MAP_FLAG_FUA)))
+            return nullptr;
+        std::span<std::byte> view;
+        try {
+            view = store_.write_view(req.offset(), req.len);
+        } catch (...) {
+            log::error("{}: write_view threw: {}; using write()", describe(req),
+                       describe(std::current_exception()));
+            return nullptr;
+        }
+        if (view.size() != req.len)
+            return nullptr;
+        s.landed = true;
+        return view.data();
+    } else {
+        (void)s;
+        (void)req;
+        return nullptr;
+    }
+}
+
+// The rest of a WRITE whose read stopped after `have` bytes: into the store's memory when
+// it lends it, else into the slot's buffer.
+template <BlockStore S>
+task<bool> server<S>::read_rest(worker& w, channel& ch, slot& s, request& req, std::size_t have) {
+    std::byte* const buffered = s.buffer.get() + header_size;
+    const std::size_t got = have - header_size;
+    std::byte* dest = landing_zone(s, req);
+    if (dest)
+        std::memcpy(dest, buffered, got);
+    else
+        dest = buffered;
+    if (!co_await read_fully(w, ch.fd.get(), dest + got, req.len - got))
+        co_return false;
+    if (!s.landed)
+        req.payload = std::span<const std::byte>(buffered, req.len);
     co_return true;
 }
 
@@ -249,6 +317,7 @@ task<bool> server<S>::read_stream(worker& w, channel& ch, slot& s, request& req)
         co_return false;
     req = decode_header(std::span<const std::byte, header_size>(s.buffer.get(), header_size));
     s.bad = {};
+    s.landed = false;
     if (req.carries_payload() && req.len > max_payload_) {
         // Consume the payload anyway so the stream stays in step.
         s.bad = "length over the maximum payload";
@@ -265,9 +334,12 @@ task<bool> server<S>::read_stream(worker& w, channel& ch, slot& s, request& req)
     if (req.len <= max_payload_ && (req.type == DM_USER_REQ_MAP_READ || req.carries_payload()))
         ensure_capacity(s, header_size + req.len);
     if (req.carries_payload()) {
-        if (!co_await read_fully(w, fd, s.buffer.get() + header_size, req.len))
+        // The header came alone, so the payload may go straight to the store.
+        std::byte* dest = landing_zone(s, req);
+        if (!co_await read_fully(w, fd, dest ? dest : s.buffer.get() + header_size, req.len))
             co_return false;
-        req.payload = std::span<const std::byte>(s.buffer.get() + header_size, req.len);
+        if (!s.landed)
+            req.payload = std::span<const std::byte>(s.buffer.get() + header_size, req.len);
     }
     co_return true;
 }
@@ -337,6 +409,8 @@ task<void> server<S>::slot_loop(worker& w, channel& ch, slot& s) {
             if (!why.empty()) {
                 reject(w, why, &req);
                 rep.status = result::error;
+            } else if (s.landed) {
+                rep.status = result::success; // landing_zone left out writes needing a flush
             } else {
                 rep = co_await dispatch(
                     store_, req, std::span(s.buffer.get() + header_size, s.capacity - header_size));

@@ -9,7 +9,8 @@
 // The fake checks the daemon: a response for a seq its channel does not hold, a READ
 // answer of the wrong size, or trailing garbage is recorded in violations() (the module
 // would fail that write with EINVAL). Faults to inject: raw bytes (malformed messages),
-// requests sent in small pieces (short reads), delays, the target's removal (EOF).
+// requests sent in small pieces (short reads), delays, the target's removal (EOF). Part 2
+// messages can also come in two reads (`split`), as the module gives a short buffer.
 #pragma once
 
 #include "dmuser/channel_source.hpp"
@@ -49,6 +50,10 @@ struct fake_options {
     // Part 1: send each request in pieces of this many bytes (0: whole), so the daemon
     // sees short reads.
     std::size_t piece = 0;
+    // Part 2: a message longer than this many bytes goes as two datagrams, its first
+    // `split` bytes then the rest, as the module answers a read of `split` bytes (the rest
+    // comes with the channel's next read). 0: whole messages only.
+    std::size_t split = 0;
     // Sleep before sending each request (or piece).
     std::chrono::microseconds delay{0};
 };
@@ -272,7 +277,11 @@ private:
         if (opts_.part2) {
             if (opts_.delay.count())
                 std::this_thread::sleep_for(opts_.delay);
-            while (::send(ch.fd.get(), p, n, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+            std::size_t first = opts_.split && n > opts_.split ? opts_.split : n;
+            while (::send(ch.fd.get(), p, first, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+            }
+            while (first < n && ::send(ch.fd.get(), p + first, n - first, MSG_NOSIGNAL) < 0 &&
+                   errno == EINTR) {
             }
             return;
         }
