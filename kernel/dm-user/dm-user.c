@@ -30,8 +30,11 @@
  *   dmu_names_lock -> misc_mtx (misc_register/misc_deregister)
  *   misc_mtx (misc_open calls dmu_open) -> t->lock
  *   t->lock -> timer and workqueue internals (queue_delayed_work)
+ *   t->lock -> ch->wq.lock -> what waiters' wake functions take (the
+ *              scheduler, io_uring's poll, epoll), as in fuse's dev.c
  *
- * Wait queues are woken after t->lock is dropped.
+ * Readers and pollers wait on their channel's own queue, so that a new
+ * request can be offered to the channels in turn (dmu_wake_one()).
  */
 
 #include <linux/bio.h>
@@ -115,6 +118,7 @@ struct dmu_channel {
 	bool rd_busy;			/* a read() is copying rd_req */
 	bool wr_busy;			/* a write() took over @wr */
 	struct dmu_partial_response wr;
+	wait_queue_head_t wq;		/* its readers (exclusive) and pollers */
 };
 
 struct dmu_target {
@@ -132,7 +136,6 @@ struct dmu_target {
 	u64 errors;
 	unsigned long orphaned_at;	/* jiffies when the last channel closed */
 
-	wait_queue_head_t wq;		/* readers (exclusive) and pollers */
 	wait_queue_head_t drain_wq;	/* the destructor, for nr_doomed */
 	struct delayed_work watchdog;	/* see dmu_arm_watchdog() */
 	struct kref ref;		/* the dm target and each channel */
@@ -312,6 +315,71 @@ static void dmu_batch_end(struct dmu_target *t, struct dmu_batch *b)
 }
 
 /*
+ * Wake waiters of @wq in turn until one takes the wake-up: a blocked reader,
+ * or an io_uring read waiting by poll, which will retry. wake_up() would wake
+ * every poller, and with many io_uring reads pending each request would cost
+ * a failed retry of every one of them. Entries that do not report taking a
+ * wake-up (epoll's) are all woken, as wake_up() would. The one that took it
+ * moves to the back. True if a waiter took it.
+ */
+static bool dmu_wake_one_on(wait_queue_head_t *wq)
+{
+	struct wait_queue_entry *curr, *next;
+	unsigned long flags;
+	bool taken = false;
+	int ret;
+
+	spin_lock_irqsave(&wq->lock, flags);
+	list_for_each_entry_safe(curr, next, &wq->head, entry) {
+		/* A wake_up_all() in progress parks a bookmark here. */
+		if (curr->flags & WQ_FLAG_BOOKMARK)
+			continue;
+		ret = curr->func(curr, TASK_NORMAL, 0,
+				 poll_to_key(EPOLLIN | EPOLLRDNORM));
+		if (ret) {
+			if (ret > 0 && !list_empty(&curr->entry))
+				list_move_tail(&curr->entry, &wq->head);
+			taken = true;
+			break;
+		}
+	}
+	spin_unlock_irqrestore(&wq->lock, flags);
+	return taken;
+}
+
+/*
+ * A request was queued: offer it to the channels in turn, starting after the
+ * one that took the last. Daemons give each thread channels of its own, so
+ * requests spread over the threads instead of all waking the reads of the
+ * first one while it is busy. With t->lock held.
+ */
+static void dmu_wake_one(struct dmu_target *t)
+{
+	struct dmu_channel *ch;
+	unsigned int n;
+
+	/* Pairs with set_current_state() in a reader's wait_event(). */
+	smp_mb();
+	for (n = t->nr_channels; n; n--) {
+		ch = list_first_entry(&t->channels, struct dmu_channel, node);
+		list_rotate_left(&t->channels);
+		if (waitqueue_active(&ch->wq) && dmu_wake_one_on(&ch->wq))
+			return;
+	}
+}
+
+/* Every waiter of every channel: the target died, or requests came back. */
+static void dmu_wake_all(struct dmu_target *t)
+{
+	struct dmu_channel *ch;
+
+	spin_lock_irq(&t->lock);
+	list_for_each_entry(ch, &t->channels, node)
+		wake_up_all(&ch->wq);
+	spin_unlock_irq(&t->lock);
+}
+
+/*
  * The queue watchdog runs while requests are queued: with no channel open it
  * fails what waited longer than the daemon timeout; with channels open it
  * wakes every waiter if the oldest request has waited a second, in case the
@@ -364,39 +432,7 @@ out:
 	spin_unlock_irq(&t->lock);
 	dmu_batch_end(t, &b);
 	if (sweep)
-		wake_up_all(&t->wq);
-}
-
-/*
- * Wake waiters in turn until one takes the wake-up: a blocked reader, or an
- * io_uring read waiting by poll, which will retry. wake_up() would wake every
- * poller, and with many io_uring reads pending per channel each request
- * would cost a failed retry of every one of them. Entries that do not report
- * taking a wake-up (epoll's) are all woken, as wake_up() would. The one that
- * took it moves to the back, so the next request goes to another waiter.
- */
-static void dmu_wake_one(struct dmu_target *t)
-{
-	struct wait_queue_entry *curr, *next;
-	unsigned long flags;
-	int ret;
-
-	spin_lock_irqsave(&t->wq.lock, flags);
-	list_for_each_entry_safe(curr, next, &t->wq.head, entry) {
-		/* A wake_up_all() in progress parks a bookmark here. */
-		if (curr->flags & WQ_FLAG_BOOKMARK)
-			continue;
-		ret = curr->func(curr, TASK_NORMAL, 0,
-				 poll_to_key(EPOLLIN | EPOLLRDNORM));
-		if (ret < 0)
-			break;
-		if (ret) {
-			if (!list_empty(&curr->entry))
-				list_move_tail(&curr->entry, &t->wq.head);
-			break;
-		}
-	}
-	spin_unlock_irqrestore(&t->wq.lock, flags);
+		dmu_wake_all(t);
 }
 
 /* ---- Copying between bio pages and userspace, without t->lock. ---- */
@@ -508,7 +544,7 @@ static ssize_t dmu_read_iter(struct kiocb *iocb, struct iov_iter *to)
 			goto out_unlock;
 		}
 		spin_unlock_irq(&t->lock);
-		ret = wait_event_interruptible_exclusive(t->wq, dmu_readable(t, ch));
+		ret = wait_event_interruptible_exclusive(ch->wq, dmu_readable(t, ch));
 		if (ret)
 			return ret;
 		spin_lock_irq(&t->lock);
@@ -708,7 +744,7 @@ static __poll_t dmu_poll(struct file *file, poll_table *wait)
 	struct dmu_target *t = ch->t;
 	__poll_t mask = EPOLLOUT | EPOLLWRNORM;
 
-	poll_wait(file, &t->wq, wait);
+	poll_wait(file, &ch->wq, wait);
 	spin_lock_irq(&t->lock);
 	if (dmu_readable(t, ch))
 		mask |= EPOLLIN | EPOLLRDNORM;
@@ -770,6 +806,7 @@ static int dmu_open(struct inode *inode, struct file *file)
 		return -ENOMEM;
 	ch->t = t;
 	INIT_LIST_HEAD(&ch->held);
+	init_waitqueue_head(&ch->wq);
 	kref_get(&t->ref);
 
 	spin_lock_irq(&t->lock);
@@ -850,7 +887,7 @@ static int dmu_release(struct inode *inode, struct file *file)
 	dmu_batch_end(t, &b);
 	/* Requeued requests, or a wake-up this channel took and never used. */
 	if (queued)
-		wake_up_all(&t->wq);
+		dmu_wake_all(t);
 	kfree(ch);
 	kref_put(&t->ref, dmu_target_release);
 	return 0;
@@ -950,7 +987,6 @@ static int user_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	INIT_LIST_HEAD(&t->queue);
 	INIT_LIST_HEAD(&t->channels);
 	hash_init(t->held);
-	init_waitqueue_head(&t->wq);
 	init_waitqueue_head(&t->drain_wq);
 	INIT_DELAYED_WORK(&t->watchdog, dmu_watchdog_fn);
 	kref_init(&t->ref);
@@ -1044,7 +1080,7 @@ static void user_dtr(struct dm_target *ti)
 	dmu_batch_end(t, &b);
 
 	/* Blocked readers return -ENOTBLK; pollers see EPOLLIN. */
-	wake_up_all(&t->wq);
+	dmu_wake_all(t);
 	misc_deregister(&t->misc);
 	mutex_lock(&dmu_names_lock);
 	list_del(&t->name_node);
@@ -1095,10 +1131,8 @@ static int user_map(struct dm_target *ti, struct bio *bio)
 	list_add_tail(&req->entry, &t->queue);
 	t->nr_queued++;
 	dmu_arm_watchdog(t);
+	dmu_wake_one(t);
 	spin_unlock_irqrestore(&t->lock, flags);
-
-	if (wq_has_sleeper(&t->wq))
-		dmu_wake_one(t);
 	return DM_MAPIO_SUBMITTED;
 }
 

@@ -287,7 +287,7 @@ vm_run() {
     local qemu=(qemu-system-x86_64 "${accel_args[@]}" -smp "${VM_SMP:-2}" -m "$mem"
         -nographic -no-reboot -nodefaults -serial stdio
         -kernel "/boot/vmlinuz-$ver" -initrd "$initrd"
-        -append "console=ttyS0 quiet loglevel=4 panic=-1 oops=panic softlockup_panic=1 rdinit=/init${nine_p_opts:+ vm.9p=$nine_p_opts}"
+        -append "console=ttyS0 quiet loglevel=4 panic=-1 oops=panic softlockup_panic=1 rdinit=/init${VM_APPEND:+ $VM_APPEND}${nine_p_opts:+ vm.9p=$nine_p_opts}"
         -virtfs "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"
         -virtfs "local,path=$VM_JOB,mount_tag=job,security_model=none,multidevs=remap")
     if [ -n "$tree_share" ]; then
