@@ -43,6 +43,9 @@ inline constexpr const char* common_help = R"(Device options (every daemon):
   --channels C       channels opened on the control device, spread over the threads
                      (default: one per thread)
   --depth N          requests in flight per channel (default 32)
+                     (a store that takes WRITEs into its own memory, as the ramdisk
+                     does, reads each in-flight request on a channel of its own:
+                     C x N channels)
   --max-payload SIZE largest request, a multiple of 4K up to 64M (default: the module's, 1M)
   --stats SECS       log the request counters every SECS seconds
   --attach           serve an existing device of that name instead of creating it (after a
@@ -165,8 +168,7 @@ int run_daemon(const char* prog, S& store, const DaemonOptions& o, const std::st
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     if (srv.ready()) {
         fmt::print("{}: serving {} ({}) from {}, {} channel(s) on {} thread(s)\n", prog,
-                   dev->path(), human_size(store.size()), what, o.channels ? o.channels : o.threads,
-                   o.threads);
+                   dev->path(), human_size(store.size()), what, srv.channels_open(), o.threads);
         std::fflush(stdout);
     }
 

@@ -110,6 +110,8 @@ public:
     }
     const module_info& module() const { return module_; }
     std::uint64_t max_payload() const { return max_payload_; }
+    // Channels opened; meaningful once ready().
+    std::size_t channels_open() const { return ready() ? channels_.size() : 0; }
     // True once every thread's ring is up and its channels are reading.
     bool ready() const { return ready_threads_.load() == opts_.threads; }
 

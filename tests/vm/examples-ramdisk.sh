@@ -11,8 +11,10 @@ t_verify_1ch() {
 }
 
 t_verify_4ch() {
-    ex_start rd rd dmuser-ramdisk --size 64M --threads 2 --channels 4
-    dmsetup status rd | grep -q ' channels=4' || fail "expected 4 channels: $(dmsetup status rd)"
+    # The ramdisk takes WRITEs into its memory (write_view): each of the 4 x 8 reads in
+    # flight has a channel of its own.
+    ex_start rd rd dmuser-ramdisk --size 64M --threads 2 --channels 4 --depth 8
+    dmsetup status rd | grep -q ' channels=32' || fail "expected 32 channels: $(dmsetup status rd)"
     ex_fio /dev/mapper/rd 1
     ex_fio /dev/mapper/rd 32
     ex_stop rd rd
