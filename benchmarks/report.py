@@ -524,10 +524,22 @@ def main():
         md.append(f"- each figure: fio, io_uring, direct I/O, {meta.get('runtime_s', '?')} s after a "
                   f"{meta.get('ramp_s', '?')} s ramp, one pass; devices of {meta.get('size_mb', '?')} MiB, "
                   "filled before the reads; all in one boot")
+    # The host's load average as the VM started: the guest's vCPUs are host threads.
+    load = read_text(os.path.join(args.vm, "host-load.txt")) if args.vm else ""
+    if load:
+        md.append(f"- host load average as the VM started: {load}")
     md.append("")
-    md.append("> Other builds and VMs shared this machine's 2 cores during this run: the absolute\n"
-              "> figures are noisy (passes spread ±20–40 %). The ratios to brd, taken minutes apart in\n"
-              "> the same boot, are what to read. A clean run belongs on a quiet machine.\n")
+    try:
+        busy = float(load.split()[0]) > 1.0
+    except (ValueError, IndexError):
+        busy = True
+    if busy:
+        md.append("> Other work shared this machine's 2 cores during this run (or its load is\n"
+                  "> unknown): the absolute figures are noisy (passes spread ±20–40 %). The ratios\n"
+                  "> to brd, taken minutes apart in the same boot, are what to read.\n")
+    else:
+        md.append("> A quiet host; still, passes of one figure spread ±10–20 % in this emulated\n"
+                  "> guest. The ratios to brd, taken minutes apart in the same boot, are what to read.\n")
     if devices:
         md.append("## Devices in the VM\n")
         md.append("Each cell: the absolute figure, and in brackets its ratio to brd from the same boot.\n")

@@ -135,8 +135,11 @@ dev_bench() {
         local rev
         rev=$(git -C "$DEV_ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$DEV_ROOT" \
             status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo +dirty)
+        local load
+        load=$(cut -d' ' -f1-3 /proc/loadavg)
         if bench_vm "$work/vm"; then
             echo "$rev" >"$work/vm/commit.txt"
+            echo "$load" >"$work/vm/host-load.txt"
             report+=(--vm "$work/vm")
             bench_keep_raw "$work/vm"
         fi
