@@ -208,13 +208,17 @@ public:
     // One turn: submit what is queued (waiting for a completion if nothing is ready),
     // reap every CQE, resume every operation that completed.
     void run_once(bool wait = true) {
-        int r = (wait && !ready_head_) ? io_uring_submit_and_wait(&ring_, 1)
-                                       : io_uring_submit_and_get_events(&ring_);
+        int r = (wait && !ready_head_) ? wait_for_events() : io_uring_submit_and_get_events(&ring_);
         if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME)
             throw std::system_error(-r, std::system_category(), "io_uring_enter");
         reap();
         run_ready();
     }
+    // Busy polling: before sleeping for a completion, keep collecting events for up to
+    // `budget`. Sleeping costs a context switch and, when the next request comes, a
+    // wake-up across CPUs; while requests come densely, one spin is cheaper. 0: off.
+    void set_busy_poll(std::chrono::microseconds budget) noexcept { busy_poll_ = budget; }
+
     // Runs until stop() is called on this thread (or via post() from another).
     void run() {
         stopped_ = false;
@@ -282,6 +286,23 @@ public:
     }
 
 private:
+    int wait_for_events() {
+        if (busy_poll_.count() > 0 && !io_uring_cq_ready(&ring_)) {
+            const auto until = std::chrono::steady_clock::now() + busy_poll_;
+            // Each turn enters the kernel, which runs the ring's deferred task work (a
+            // poll that fired retries its read there). The clock is read every 16 turns:
+            // it can cost as much as a turn.
+            for (unsigned turn = 1;; ++turn) {
+                int r = io_uring_submit_and_get_events(&ring_);
+                if (r < 0 || io_uring_cq_ready(&ring_))
+                    return r;
+                if (turn % 16 == 0 && std::chrono::steady_clock::now() >= until)
+                    break;
+            }
+        }
+        return io_uring_submit_and_wait(&ring_, 1);
+    }
+
     static ring*& current_ref() noexcept {
         thread_local ring* current = nullptr;
         return current;
@@ -367,6 +388,7 @@ private:
         ring* owner = nullptr;
     };
     unique_fd wake_fd_;
+    std::chrono::microseconds busy_poll_{0};
     wake_completion wake_;
     std::uint64_t wake_count_ = 0;
     std::mutex posted_mutex_;

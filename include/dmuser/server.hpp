@@ -57,6 +57,9 @@ struct server_options {
     // write_view stores: WRITEs with more payload than this land in the store's memory
     // (one more read each, one copy less); 0 = never.
     std::size_t write_view_above = 32u << 10;
+    // Each thread spins this long for new requests before it sleeps (ring::set_busy_poll):
+    // lower latency at low queue depth for a CPU kept busy meanwhile; 0 = sleep at once.
+    std::chrono::microseconds busy_poll{0};
     std::uint64_t part1_max_payload = 16u << 20; // largest request accepted from Part 1
     bool requeue_on_close = true; // Part 2: a restarted daemon takes over unanswered requests
     bool io_flusher = true;       // PR_SET_IO_FLUSHER on every server thread

@@ -7,6 +7,7 @@
 #include <dmuser/spawn.hpp>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <thread>
 #include <unistd.h>
@@ -124,6 +125,41 @@ TEST_CASE("ring: poll waits for a pipe to become readable") {
     };
     r.run(writer());
     CHECK(polled);
+}
+
+namespace {
+std::chrono::microseconds thread_cpu_time() {
+    rusage ru{};
+    ::getrusage(RUSAGE_THREAD, &ru);
+    return std::chrono::seconds(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           std::chrono::microseconds(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+} // namespace
+
+TEST_CASE("ring: busy polling completes what comes during the spin, then sleeps") {
+    ring r;
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    dmuser::unique_fd rd(p[0]), wr(p[1]);
+    // A long spin: the read completes while the ring polls.
+    r.set_busy_poll(2s);
+    std::thread writer([&] {
+        std::this_thread::sleep_for(20ms);
+        CHECK(::write(wr.get(), "y", 1) == 1);
+    });
+    char c = 0;
+    auto reader = [&]() -> task<int> {
+        co_return (co_await r.read(rd.get(), std::as_writable_bytes(std::span(&c, 1)), 0)).res;
+    };
+    CHECK(r.run(reader()) == 1);
+    CHECK(c == 'y');
+    writer.join();
+    // A short spin: nothing comes for 200 ms, so the thread must sleep, not spin, the rest.
+    r.set_busy_poll(1ms);
+    auto cpu0 = thread_cpu_time();
+    auto wait = [&]() -> task<int> { co_return (co_await r.timeout(200ms)).res; };
+    CHECK(r.run(wait()) == -ETIME);
+    CHECK(thread_cpu_time() - cpu0 < 100ms);
 }
 
 TEST_CASE("ring: timeout fires with -ETIME after its delay") {

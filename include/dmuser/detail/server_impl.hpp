@@ -130,6 +130,7 @@ void server<S>::thread_main(unsigned index, int signal_fd) {
                   std::strerror(errno));
     try {
         ring r(opts_.ring_entries);
+        r.set_busy_poll(opts_.busy_poll);
         struct unregister {
             server* self;
             worker& w;
