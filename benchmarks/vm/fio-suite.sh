@@ -9,7 +9,7 @@
 #
 #   fio-suite.sh [--build DIR] [--runtime S] [--ramp S] [--size-mb N]
 #                [--devices "brd nullb ..."] [--profile] [--quick]
-#                [--figures "randread-4k-qd1 ..."]
+#                [--figures "randread-4k-qd1 ..."] [--ramdisk-args "--poll-us 50"]
 #                [--profile-devices "ramdisk2"] [--profile-figures "randread-4k-qd32 ..."]
 set -uo pipefail
 
@@ -22,6 +22,7 @@ SIZE_MB=512
 PROFILE=0
 PROFILE_DEVICES="ramdisk2"
 ONLY_FIGURES=""
+RAMDISK_ARGS=""
 PROFILE_FIGURES="randread-4k-qd32 randwrite-4k-qd32"
 DEVICES="brd nullb loop nbd legacy ramdisk1 ramdisk2 ext4 tmpfs brd_end"
 while [ $# -gt 0 ]; do
@@ -32,6 +33,7 @@ while [ $# -gt 0 ]; do
         --size-mb) SIZE_MB=$2; shift ;;
         --devices) DEVICES=$2; shift ;;
         --figures) ONLY_FIGURES=$2; shift ;;
+        --ramdisk-args) RAMDISK_ARGS=$2; shift ;;
         --profile) PROFILE=1 ;;
         --profile-devices) PROFILE=1; PROFILE_DEVICES=$2; shift ;;
         --profile-figures) PROFILE=1; PROFILE_FIGURES=$2; shift ;;
@@ -375,7 +377,9 @@ setup_ramdisk_n() {
     dm_user_loaded || { status "$dev" "failed: no dm-user module loaded"; return 1; }
     local bin
     bin=$(find_bin dmuser-ramdisk) || { status "$dev" "not built"; return 1; }
-    start_daemon "$dev" "$bin" --name "$name" --size "${SIZE_MB}M" --threads "$threads" || return 1
+    # shellcheck disable=SC2086
+    start_daemon "$dev" "$bin" --name "$name" --size "${SIZE_MB}M" --threads "$threads" \
+        $RAMDISK_ARGS || return 1
     # Ready once it says it serves the device.
     local line
     for _ in {1..100}; do
