@@ -4,6 +4,8 @@
 
 #include <charconv>
 #include <cstdint>
+#include <cstdio>
+#include <exception>
 #include <fmt/format.h>
 #include <optional>
 #include <stdexcept>
@@ -11,6 +13,16 @@
 #include <string_view>
 
 namespace dmuser::examples {
+
+// A program's main(): run(argc, argv), an exception reported as "PROG: what" and exit 1.
+inline int run_main(const char* prog, int (*run)(int, char**), int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "{}: {}\n", prog, e.what());
+        return 1;
+    }
+}
 
 // "4096", "512K", "256M", "2G", "1T" (binary units, optional trailing "iB" or "B").
 inline std::optional<std::uint64_t> parse_size(std::string_view s) {

@@ -220,10 +220,5 @@ int run(int argc, char** argv) {
 } // namespace
 
 int main(int argc, char** argv) {
-    try {
-        return run(argc, argv);
-    } catch (const std::exception& e) {
-        fmt::print(stderr, "dmuser-compressed: {}\n", e.what());
-        return 1;
-    }
+    return run_main("dmuser-compressed", run, argc, argv);
 }

@@ -168,9 +168,5 @@ int run(int argc, char** argv) {
 }
 
 int main(int argc, char** argv) {
-    try {
-        return run(argc, argv);
-    } catch (const std::exception& e) {
-        return die(e.what());
-    }
+    return run_main("dmuser-mkimage", run, argc, argv);
 }

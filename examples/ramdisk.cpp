@@ -102,10 +102,5 @@ int run(int argc, char** argv) {
 } // namespace
 
 int main(int argc, char** argv) {
-    try {
-        return run(argc, argv);
-    } catch (const std::exception& e) {
-        fmt::print(stderr, "dmuser-ramdisk: {}\n", e.what());
-        return 1;
-    }
+    return run_main("dmuser-ramdisk", run, argc, argv);
 }
