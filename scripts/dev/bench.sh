@@ -133,8 +133,11 @@ dev_bench() {
     local report=(--out "$DEV_ROOT/benchmarks/results")
     if [ "$vm" = 1 ]; then
         local rev
-        rev=$(git -C "$DEV_ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$DEV_ROOT" \
-            status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo +dirty)
+        # A clean tree makes grep fail: that must not stop the run (set -e).
+        rev=$(git -C "$DEV_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+        if git -C "$DEV_ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q .; then
+            rev+=+dirty
+        fi
         local load
         load=$(cut -d' ' -f1-3 /proc/loadavg)
         if bench_vm "$work/vm"; then
