@@ -412,7 +412,7 @@ def chart(devices, out_dir, meta=None, gnuplot="gnuplot"):
     plots.append("NaN with lines lw 2 lc rgb '#c62828' title 'goal for dmuser-ramdisk'")
     meta = meta or {}
     subtitle = (f"{meta.get('date', '')[:10]}, {meta.get('runtime_s', '?')} s per figure, "
-                f"kernel {meta.get('kernel', '?')}, one run on a shared host")
+                f"kernel {meta.get('kernel', '?')}, all in one boot")
     script = f"""
 set terminal pngcairo size 1400,720 font "DejaVu Sans,12"
 set output '{png}'
