@@ -34,6 +34,15 @@ probe_run() {
     timeout 240 "$PROBE" case "$case" "/dev/mapper/$name" "$name-ctl" || fail "probe case $case failed"
 }
 
+# fio_load NAME: a minute of 16 KiB random reads and writes at QD16 on /dev/mapper/NAME,
+# in the background (output in /tmp/fio.out); its pid in FIO_PID. Tests end it sooner.
+fio_load() {
+    fio --name="$1" --filename="/dev/mapper/$1" --rw=randrw --bs=16k --iodepth=16 \
+        --ioengine=libaio --direct=1 --time_based --runtime=60 --size=32M \
+        >/tmp/fio.out 2>&1 &
+    FIO_PID=$!
+}
+
 # idle NAME: nothing queued or in flight on device NAME.
 idle() { dmsetup status "$1" | grep -q ' queued=0 inflight_read=0 inflight_write=0 inflight_other=0 '; }
 

@@ -14,10 +14,8 @@ t_daemon_sigkill() {
     echo 2000 >/sys/module/dm_user/parameters/dm_user_daemon_timeout_msec
     dm_user_create sk 65536 sk-ctl || fail "create"
     serve d1 sk-ctl --uring 8 --delay-us 20000
-    fio --name=sk --filename=/dev/mapper/sk --rw=randrw --bs=16k --iodepth=16 \
-        --ioengine=libaio --direct=1 --time_based --runtime=60 --size=32M \
-        >/tmp/fio.out 2>&1 &
-    local fio=$!
+    fio_load sk
+    local fio=$FIO_PID
     wait_for 20 bash -c "dmsetup status sk | grep -Eq 'completed=[0-9]{2,}'" || fail "no I/O served"
     dmsetup status sk
     kill -KILL "$(daemon_pid d1)"

@@ -43,10 +43,8 @@ t_remove_inflight() {
     need_cmd fio
     dm_user_create ri 65536 ri-ctl || fail "create"
     serve d ri-ctl --uring 8 --delay-us 5000
-    fio --name=ri --filename=/dev/mapper/ri --rw=randrw --bs=16k --iodepth=16 \
-        --ioengine=libaio --direct=1 --time_based --runtime=60 --size=32M \
-        >/tmp/fio.out 2>&1 &
-    local fio=$!
+    fio_load ri
+    local fio=$FIO_PID
     wait_for 60 bash -c "dmsetup status ri | grep -Eq 'inflight_(read|write)=[1-9]'" ||
         fail "no I/O in flight: $(dmsetup status ri); fio: $(tail -n 3 /tmp/fio.out)"
     dmsetup status ri
