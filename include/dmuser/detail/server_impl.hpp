@@ -11,11 +11,14 @@ namespace dmuser {
 template <BlockStore S>
 int server<S>::run() {
     store_size_ = store_.size();
-    for (unsigned i = 0; i < opts_.channels; ++i) {
-        auto ch = std::make_unique<channel>();
-        ch->fd = source_.open_channel();
-        channels_.push_back(std::move(ch));
-    }
+    auto open_channels = [&](std::size_t count) {
+        while (channels_.size() < count) {
+            auto ch = std::make_unique<channel>();
+            ch->fd = source_.open_channel();
+            channels_.push_back(std::move(ch));
+        }
+    };
+    open_channels(opts_.channels);
     module_ = source_.query(channels_.front()->fd.get());
     whole_messages_ = module_.has_feature(DM_USER_FEATURE_WHOLE_MESSAGE);
     if (module_.extensions) {
@@ -53,12 +56,7 @@ int server<S>::run() {
         // The rest of a split WRITE comes with its channel's next read: one read
         // outstanding per channel, so one channel per slot.
         read_size_ = header_size + opts_.write_view_above;
-        const std::size_t wanted = std::size_t(opts_.channels) * depth;
-        while (channels_.size() < wanted) {
-            auto ch = std::make_unique<channel>();
-            ch->fd = source_.open_channel();
-            channels_.push_back(std::move(ch));
-        }
+        open_channels(std::size_t(opts_.channels) * depth);
         depth = 1;
     }
     if (module_.extensions && opts_.requeue_on_close &&
@@ -404,14 +402,15 @@ task<void> server<S>::slot_loop(worker& w, channel& ch, slot& s) {
             if (!got)
                 continue;
             w.stats.request_started();
-            std::string_view why =
-                s.bad.empty() ? check_request(req, max_payload_, store_size_) : s.bad;
             reply rep;
-            if (!why.empty()) {
+            if (s.landed) {
+                // landing_zone checked the request and left out writes needing a flush.
+                rep.status = result::success;
+            } else if (std::string_view why =
+                           s.bad.empty() ? check_request(req, max_payload_, store_size_) : s.bad;
+                       !why.empty()) {
                 reject(w, why, &req);
                 rep.status = result::error;
-            } else if (s.landed) {
-                rep.status = result::success; // landing_zone left out writes needing a flush
             } else {
                 rep = co_await dispatch(
                     store_, req, std::span(s.buffer.get() + header_size, s.capacity - header_size));
