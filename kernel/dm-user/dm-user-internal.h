@@ -1,0 +1,149 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * dm-user's internals, shared by its two halves:
+ *
+ *   dev.c     the control device /dev/dm-user/NAME: channels, read(),
+ *             write(), poll(), ioctl(), and the requests' books
+ *   target.c  the device-mapper target: table parsing, map, status,
+ *             the lifecycle hooks and the no-daemon watchdog
+ *
+ * A request lives in the clone bio's per-bio data, so mapping a bio never
+ * allocates and never sleeps. It is in exactly one of three places:
+ *
+ *   queued    on t->queue, in seq order, waiting for a read()
+ *   held      on ch->held of the channel that read it, and in t->held (the
+ *             seq hash) while a response to it is welcome
+ *   answering on ch->held, out of the hash: a response header arrived and
+ *             its payload is being copied in
+ *
+ * Data is copied between the bio pages and userspace without t->lock. While
+ * that happens the request is "busy"; whoever wants to end a busy request
+ * (only the destructor can) marks it doomed instead, and the copier ends the
+ * bio when it is done. The destructor waits for those.
+ *
+ * Locking: t->lock (a spinlock, irq-safe because map may run with interrupts
+ * disabled) protects every field of the target, its channels and its
+ * requests. Nothing sleeps or ends a bio while holding it. Lock order:
+ *
+ *   dmu_names_lock -> misc_mtx (misc_register/misc_deregister)
+ *   misc_mtx (misc_open calls dmu_open) -> t->lock
+ *   t->lock -> timer and workqueue internals (queue_delayed_work)
+ *   t->lock -> ch->wq.lock -> what waiters' wake functions take (the
+ *              scheduler, io_uring's poll, epoll), as in fuse's dev.c
+ *
+ * Readers and pollers wait on their channel's own queue, so that a new
+ * request can be offered to the channels in turn (dmu_wake_one()).
+ */
+#ifndef DM_USER_INTERNAL_H
+#define DM_USER_INTERNAL_H
+
+#include <linux/bio.h>
+#include <linux/device-mapper.h>
+#include <linux/hashtable.h>
+#include <linux/kref.h>
+#include <linux/miscdevice.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+#include "include/uapi/linux/dm-user.h"
+
+#define DMU_NAME_MAX		64
+#define DMU_HDR			sizeof(struct dm_user_message)
+#define DMU_HASH_BITS		8
+#define DMU_ALL_OPS (DM_USER_OP_FLUSH | DM_USER_OP_DISCARD | \
+		     DM_USER_OP_WRITE_ZEROES | DM_USER_OP_SECURE_ERASE)
+
+/* What the daemon has in flight, for the status line. */
+enum dmu_class { DMU_CLASS_READ, DMU_CLASS_WRITE, DMU_CLASS_OTHER, DMU_NR_CLASSES };
+
+struct dmu_target;
+struct dmu_channel;
+
+struct dmu_request {
+	struct list_head entry;		/* t->queue or ch->held */
+	struct hlist_node hnode;	/* t->held while a response is welcome */
+	struct bio *bio;
+	struct dmu_channel *ch;		/* holder; NULL while queued */
+	u64 seq;
+	u64 sector;			/* as the daemon sees it */
+	unsigned long queued_at;	/* jiffies */
+	u32 flags;			/* DM_USER_REQ_MAP_FLAG_* */
+	u8 type;			/* DM_USER_REQ_MAP_* */
+	u8 class;			/* enum dmu_class */
+	bool busy;			/* being copied without t->lock */
+	bool doomed;			/* ended while busy: the copier ends it */
+	blk_status_t doom_status;
+};
+
+/* A response that one write() left unfinished, for the next one. */
+struct dmu_partial_response {
+	struct dm_user_message hdr;
+	size_t hdr_len;			/* header bytes received */
+	struct dmu_request *req;	/* header done: payload goes here */
+	size_t off;			/* payload bytes received */
+};
+
+struct dmu_channel {
+	struct dmu_target *t;
+	struct list_head node;		/* t->channels */
+	struct list_head held;		/* requests read, not answered */
+	u64 flags;			/* DM_USER_CHANNEL_* */
+	/* The unread rest of a request that one read() could not fit. */
+	struct dmu_request *rd_req;
+	size_t rd_off;
+	bool rd_busy;			/* a read() is copying rd_req */
+	bool wr_busy;			/* a write() took over @wr */
+	struct dmu_partial_response wr;
+	wait_queue_head_t wq;		/* its readers (exclusive) and pollers */
+};
+
+struct dmu_target {
+	spinlock_t lock;		/* everything below; see the top */
+	struct list_head queue;		/* requests no channel took yet */
+	struct list_head channels;
+	DECLARE_HASHTABLE(held, DMU_HASH_BITS);
+	u64 next_seq;
+	bool dead;			/* the dm target was destroyed */
+	unsigned int nr_channels;
+	unsigned int nr_queued;
+	unsigned int nr_inflight[DMU_NR_CLASSES];
+	unsigned int nr_doomed;		/* doomed bios a copier must still end */
+	u64 completed;
+	u64 errors;
+	unsigned long orphaned_at;	/* jiffies when the last channel closed */
+
+	wait_queue_head_t drain_wq;	/* the destructor, for nr_doomed */
+	struct delayed_work watchdog;	/* see dmu_arm_watchdog() */
+	struct kref ref;		/* the dm target and each channel */
+
+	/* Set up by the constructor, constant afterwards. */
+	u64 start;
+	u64 len;
+	u64 ops;			/* DM_USER_OP_* */
+	unsigned int max_payload;
+	bool max_payload_set;
+	struct miscdevice misc;
+	struct list_head name_node;	/* dmu_names */
+	char name[DMU_NAME_MAX + 1];
+	char devname[sizeof("dm-user/") + DMU_NAME_MAX];
+};
+
+/* Bios to end once t->lock is dropped; @doomed of them were doomed ones. */
+struct dmu_batch {
+	struct bio_list bios;
+	unsigned int doomed;
+};
+
+/* dev.c */
+extern const struct file_operations dmu_fops;
+void dmu_finish(struct dmu_target *t, struct dmu_request *req,
+		blk_status_t status, struct dmu_batch *b);
+void dmu_batch_end(struct dmu_target *t, struct dmu_batch *b);
+void dmu_wake_one(struct dmu_target *t);
+void dmu_wake_all(struct dmu_target *t);
+void dmu_target_release(struct kref *ref);
+
+/* target.c */
+void dmu_arm_watchdog(struct dmu_target *t);
+
+#endif /* DM_USER_INTERNAL_H */
