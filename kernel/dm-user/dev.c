@@ -9,12 +9,14 @@
  */
 
 #include <linux/fs.h>
+#include <linux/idr.h>
 #include <linux/list_sort.h>
 #include <linux/module.h>
 #include <linux/poll.h>
 #include <linux/slab.h>
 #include <linux/uio.h>
 
+#include "dm-user-compat.h"
 #include "dm-user-internal.h"
 
 #define DMU_FEATURES (DM_USER_FEATURE_POLL | DM_USER_FEATURE_WHOLE_MESSAGE | \
@@ -75,7 +77,9 @@ void dmu_finish(struct dmu_target *t, struct dmu_request *req,
 	} else {
 		t->nr_queued--;
 	}
-	if (status)
+	if (status == BLK_STS_DM_REQUEUE)
+		t->requeued++;
+	else if (status)
 		t->errors++;
 	else
 		t->completed++;
@@ -537,16 +541,11 @@ static long dmu_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	}
 }
 
-void dmu_target_release(struct kref *ref)
-{
-	kfree(container_of(ref, struct dmu_target, ref));
-}
-
 static int dmu_open(struct inode *inode, struct file *file)
 {
-	/* misc_open holds misc_mtx, so the target is still registered. */
-	struct dmu_target *t = container_of(file->private_data,
-					    struct dmu_target, misc);
+	/* chrdev_open holds a reference on the cdev, and so on @t. */
+	struct dmu_target *t = container_of(inode->i_cdev, struct dmu_target,
+					    cdev);
 	struct dmu_channel *ch;
 
 	ch = kzalloc(sizeof(*ch), GFP_KERNEL);
@@ -555,12 +554,18 @@ static int dmu_open(struct inode *inode, struct file *file)
 	ch->t = t;
 	INIT_LIST_HEAD(&ch->held);
 	init_waitqueue_head(&ch->wq);
-	kref_get(&t->ref);
 
 	spin_lock_irq(&t->lock);
+	if (t->dead) {
+		/* Opened just as the last table went away. */
+		spin_unlock_irq(&t->lock);
+		kfree(ch);
+		return -ENODEV;
+	}
 	list_add_tail(&ch->node, &t->channels);
 	t->nr_channels++;
 	spin_unlock_irq(&t->lock);
+	get_device(&t->dev);
 
 	file->private_data = ch;
 	file->f_mode |= FMODE_NOWAIT;
@@ -637,7 +642,7 @@ static int dmu_release(struct inode *inode, struct file *file)
 	if (queued)
 		dmu_wake_all(t);
 	kfree(ch);
-	kref_put(&t->ref, dmu_target_release);
+	put_device(&t->dev);
 	return 0;
 }
 
@@ -651,3 +656,95 @@ const struct file_operations dmu_fops = {
 	.unlocked_ioctl	= dmu_ioctl,
 	.compat_ioctl	= compat_ptr_ioctl,
 };
+
+/* ---- Registration: one minor of our own region per control device. ---- */
+
+/*
+ * Our own region and minors, not misc's: 6.1 has 128 dynamic misc minors for
+ * the whole system, and a node with thousands of devices needs more.
+ */
+#define DMU_MAX_MINORS (1U << MINORBITS)
+
+static dev_t dmu_devt;
+static DEFINE_IDA(dmu_minors);
+
+static struct class dmu_class = {
+	.name = "dm-user",
+};
+
+/* devtmpfs creates /dev/dm-user/<name>. */
+static char *dmu_devnode(DMU_DEVNODE_CONST struct device *dev, umode_t *mode,
+			 kuid_t *uid, kgid_t *gid)
+{
+	const struct dmu_target *t = container_of(dev, struct dmu_target, dev);
+
+	if (mode)
+		*mode = 0600;
+	return kasprintf(GFP_KERNEL, "dm-user/%s", t->name);
+}
+
+/* The last reference is gone: the last table and the last channel. */
+static void dmu_dev_release(struct device *dev)
+{
+	struct dmu_target *t = container_of(dev, struct dmu_target, dev);
+
+	ida_free(&dmu_minors, MINOR(dev->devt));
+	kfree(t);
+}
+
+static const struct device_type dmu_device_type = {
+	.name = "dm-user",
+	.devnode = dmu_devnode,
+	.release = dmu_dev_release,
+};
+
+/*
+ * Create /dev/dm-user/<t->name>. From here on @t belongs to its device: it is
+ * freed by the last put_device(), and on failure it is freed already.
+ */
+int dmu_control_register(struct dmu_target *t)
+{
+	int minor, r;
+
+	minor = ida_alloc_max(&dmu_minors, DMU_MAX_MINORS - 1, GFP_KERNEL);
+	if (minor < 0) {
+		kfree(t);
+		return minor;
+	}
+	device_initialize(&t->dev);
+	t->dev.class = &dmu_class;
+	t->dev.type = &dmu_device_type;
+	t->dev.devt = MKDEV(MAJOR(dmu_devt), minor);
+	cdev_init(&t->cdev, &dmu_fops);
+	t->cdev.owner = THIS_MODULE;
+	r = dev_set_name(&t->dev, "%s", t->name);
+	if (!r)
+		r = cdev_device_add(&t->cdev, &t->dev);
+	if (r)
+		put_device(&t->dev);
+	return r;
+}
+
+/* No new opens; open files keep @t until they close. */
+void dmu_control_unregister(struct dmu_target *t)
+{
+	cdev_device_del(&t->cdev, &t->dev);
+}
+
+int dmu_control_init(void)
+{
+	int r = alloc_chrdev_region(&dmu_devt, 0, DMU_MAX_MINORS, "dm-user");
+
+	if (r)
+		return r;
+	r = class_register(&dmu_class);
+	if (r)
+		unregister_chrdev_region(dmu_devt, DMU_MAX_MINORS);
+	return r;
+}
+
+void dmu_control_exit(void)
+{
+	class_unregister(&dmu_class);
+	unregister_chrdev_region(dmu_devt, DMU_MAX_MINORS);
+}

@@ -18,15 +18,14 @@
  *
  * Data is copied between the bio pages and userspace without t->lock. While
  * that happens the request is "busy"; whoever wants to end a busy request
- * (only the destructor can) marks it doomed instead, and the copier ends the
- * bio when it is done. The destructor waits for those.
+ * (the destructor, an abort, request_timeout) marks it doomed instead, and
+ * the copier ends the bio when it is done. The destructor waits for those.
  *
  * Locking: t->lock (a spinlock, irq-safe because map may run with interrupts
  * disabled) protects every field of the target, its channels and its
  * requests. Nothing sleeps or ends a bio while holding it. Lock order:
  *
- *   dmu_names_lock -> misc_mtx (misc_register/misc_deregister)
- *   misc_mtx (misc_open calls dmu_open) -> t->lock
+ *   dmu_names_lock -> the driver core and devtmpfs (cdev_device_add/del)
  *   t->lock -> timer and workqueue internals (queue_delayed_work)
  *   t->lock -> ch->wq.lock -> what waiters' wake functions take (the
  *              scheduler, io_uring's poll, epoll), as in fuse's dev.c
@@ -40,8 +39,8 @@
 #include <linux/bio.h>
 #include <linux/device-mapper.h>
 #include <linux/hashtable.h>
-#include <linux/kref.h>
-#include <linux/miscdevice.h>
+#include <linux/cdev.h>
+#include <linux/device.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
 
@@ -50,6 +49,7 @@
 #define DMU_NAME_MAX		64
 #define DMU_HDR			sizeof(struct dm_user_message)
 #define DMU_HASH_BITS		8
+#define DMU_MAX_REQUEST_TIMEOUT	(24U * 3600 * 1000)	/* ms */
 #define DMU_ALL_OPS (DM_USER_OP_FLUSH | DM_USER_OP_DISCARD | \
 		     DM_USER_OP_WRITE_ZEROES | DM_USER_OP_SECURE_ERASE)
 
@@ -97,35 +97,61 @@ struct dmu_channel {
 	wait_queue_head_t wq;		/* its readers (exclusive) and pollers */
 };
 
+/*
+ * A control device and its requests. Usually one table line owns it; while a
+ * reload with the same control name is pending, the live and the inactive
+ * table share it (@nr_tables), and the channels stay open across the swap.
+ */
 struct dmu_target {
 	spinlock_t lock;		/* everything below; see the top */
 	struct list_head queue;		/* requests no channel took yet */
 	struct list_head channels;
 	DECLARE_HASHTABLE(held, DMU_HASH_BITS);
 	u64 next_seq;
-	bool dead;			/* the dm target was destroyed */
+	bool dead;			/* the last table was destroyed */
+	bool noflush_suspending;	/* between presuspend and postsuspend */
 	unsigned int nr_channels;
 	unsigned int nr_queued;
 	unsigned int nr_inflight[DMU_NR_CLASSES];
 	unsigned int nr_doomed;		/* doomed bios a copier must still end */
 	u64 completed;
 	u64 errors;
+	u64 requeued;			/* pushed back to dm core */
+	u64 timed_out;			/* ended by request_timeout */
 	unsigned long orphaned_at;	/* jiffies when the last channel closed */
 
-	wait_queue_head_t drain_wq;	/* the destructor, for nr_doomed */
-	struct delayed_work watchdog;	/* see dmu_arm_watchdog() */
-	struct kref ref;		/* the dm target and each channel */
-
-	/* Set up by the constructor, constant afterwards. */
-	u64 start;
+	/* What the live table set (at its resume; at ctr for a new device). */
 	u64 len;
 	u64 ops;			/* DM_USER_OP_* */
 	unsigned int max_payload;
-	bool max_payload_set;
-	struct miscdevice misc;
+	unsigned int request_timeout;	/* ms; 0: requests wait for ever */
+
+	wait_queue_head_t drain_wq;	/* the destructor, for nr_doomed */
+	struct delayed_work watchdog;	/* see dmu_arm_watchdog() */
+
+	/* Under dmu_names_lock. */
+	struct list_head tables;	/* struct dmu_table.node */
 	struct list_head name_node;	/* dmu_names */
+
+	/* Constant while registered. */
+	struct mapped_device *md;	/* the one device that may share it */
 	char name[DMU_NAME_MAX + 1];
-	char devname[sizeof("dm-user/") + DMU_NAME_MAX];
+	/* One reference per table, one per open channel. */
+	struct device dev;
+	struct cdev cdev;
+};
+
+/* One table's user target: its line, and the control device it uses. */
+struct dmu_table {
+	struct dmu_target *t;
+	struct dm_target *ti;
+	struct list_head node;		/* t->tables, under dmu_names_lock */
+	u64 start;
+	u64 len;
+	u64 ops;
+	unsigned int max_payload;
+	bool max_payload_set;
+	unsigned int request_timeout;
 };
 
 /* Bios to end once t->lock is dropped; @doomed of them were doomed ones. */
@@ -141,7 +167,10 @@ void dmu_finish(struct dmu_target *t, struct dmu_request *req,
 void dmu_batch_end(struct dmu_target *t, struct dmu_batch *b);
 void dmu_wake_one(struct dmu_target *t);
 void dmu_wake_all(struct dmu_target *t);
-void dmu_target_release(struct kref *ref);
+int dmu_control_init(void);
+void dmu_control_exit(void);
+int dmu_control_register(struct dmu_target *t);
+void dmu_control_unregister(struct dmu_target *t);
 
 /* target.c */
 void dmu_arm_watchdog(struct dmu_target *t);

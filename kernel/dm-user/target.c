@@ -12,8 +12,8 @@
 #include <linux/ctype.h>
 #include <linux/module.h>
 #include <linux/slab.h>
-#include <linux/version.h>
 
+#include "dm-user-compat.h"
 #include "dm-user-internal.h"
 
 #define DM_MSG_PREFIX "user"
@@ -68,7 +68,7 @@ static u32 dmu_bio_flags(const struct bio *bio)
 }
 
 /* The request type for @bio, or -1 if the target does not forward it. */
-static int dmu_bio_type(const struct dmu_target *t, const struct bio *bio)
+static int dmu_bio_type(u64 ops, const struct bio *bio)
 {
 	switch (bio_op(bio)) {
 	case REQ_OP_READ:
@@ -76,32 +76,78 @@ static int dmu_bio_type(const struct dmu_target *t, const struct bio *bio)
 	case REQ_OP_WRITE:
 		return DM_USER_REQ_MAP_WRITE;
 	case REQ_OP_DISCARD:
-		return t->ops & DM_USER_OP_DISCARD ? DM_USER_REQ_MAP_DISCARD : -1;
+		return ops & DM_USER_OP_DISCARD ? DM_USER_REQ_MAP_DISCARD : -1;
 	case REQ_OP_SECURE_ERASE:
-		return t->ops & DM_USER_OP_SECURE_ERASE ?
+		return ops & DM_USER_OP_SECURE_ERASE ?
 			DM_USER_REQ_MAP_SECURE_ERASE : -1;
 	case REQ_OP_WRITE_ZEROES:
-		return t->ops & DM_USER_OP_WRITE_ZEROES ?
+		return ops & DM_USER_OP_WRITE_ZEROES ?
 			DM_USER_REQ_MAP_WRITE_ZEROES : -1;
 	default:
 		return -1;
 	}
 }
 
+/* ---- The watchdog: the no-daemon timeout and request_timeout. ---- */
+
+/* The earliest of the deadlines seen, in jiffies. */
+struct dmu_deadline {
+	unsigned long at;
+	bool set;
+};
+
+static void dmu_deadline_add(struct dmu_deadline *d, unsigned long at)
+{
+	if (!d->set || time_before(at, d->at)) {
+		d->at = at;
+		d->set = true;
+	}
+}
+
 /*
- * The queue watchdog runs while requests are queued: with no channel open it
- * fails what waited longer than the daemon timeout; with channels open it
- * wakes every waiter if the oldest request has waited a second, in case the
- * one waiter dmu_wake_one() picked will never read (e.g. its io_uring read
- * was cancelled just after the wake-up).
+ * The watchdog runs while it has a deadline to keep: with no channel open,
+ * queued requests fail once they waited longer than the daemon timeout; with
+ * request_timeout set, any request unanswered that long is ended; with
+ * channels open, it wakes every waiter if the oldest request has waited a
+ * second, in case the one waiter dmu_wake_one() picked will never read
+ * (e.g. its io_uring read was cancelled just after the wake-up).
  */
 void dmu_arm_watchdog(struct dmu_target *t)
 {
 	unsigned long delay = t->nr_channels ? HZ :
 		msecs_to_jiffies(READ_ONCE(dm_user_daemon_timeout_msec));
 
+	if (t->request_timeout)
+		delay = min(delay, msecs_to_jiffies(t->request_timeout));
 	if (!t->dead && !delayed_work_pending(&t->watchdog))
 		queue_delayed_work(system_wq, &t->watchdog, delay);
+}
+
+/*
+ * End what on @list waited longer than request_timeout: pushed back to dm
+ * core during a noflush suspend (it resubmits them after resume), failed
+ * otherwise.
+ */
+static void dmu_expire_list(struct dmu_target *t, struct list_head *list,
+			    unsigned long now, struct dmu_deadline *d,
+			    struct dmu_batch *b)
+{
+	unsigned long tmo = msecs_to_jiffies(t->request_timeout);
+	bool requeue = t->noflush_suspending;
+	struct dmu_request *req, *tmp;
+
+	list_for_each_entry_safe(req, tmp, list, entry) {
+		if (time_before(now, req->queued_at + tmo)) {
+			dmu_deadline_add(d, req->queued_at + tmo);
+			continue;
+		}
+		DMWARN_LIMIT("%s: request %llu (%s, sector %llu, %u bytes) unanswered after %u ms: %s",
+			     t->name, req->seq, req->ch ? "read" : "not read",
+			     req->sector, req->bio->bi_iter.bi_size,
+			     t->request_timeout, requeue ? "pushed back" : "failed");
+		t->timed_out++;
+		dmu_finish(t, req, requeue ? BLK_STS_DM_REQUEUE : BLK_STS_IOERR, b);
+	}
 }
 
 static void dmu_watchdog_fn(struct work_struct *work)
@@ -110,38 +156,73 @@ static void dmu_watchdog_fn(struct work_struct *work)
 					    struct dmu_target, watchdog);
 	unsigned long tmo = msecs_to_jiffies(READ_ONCE(dm_user_daemon_timeout_msec));
 	struct dmu_batch b = { BIO_EMPTY_LIST, 0 };
+	struct dmu_deadline next = {};
 	struct dmu_request *req, *tmp;
-	unsigned long now = jiffies, next = 0;
-	bool rearm = false, sweep = false;
+	struct dmu_channel *ch;
+	unsigned long now = jiffies;
+	bool sweep = false;
 
 	spin_lock_irq(&t->lock);
-	if (t->dead || list_empty(&t->queue))
+	if (t->dead)
 		goto out;
+	if (t->request_timeout) {
+		dmu_expire_list(t, &t->queue, now, &next, &b);
+		list_for_each_entry(ch, &t->channels, node)
+			dmu_expire_list(t, &ch->held, now, &next, &b);
+	}
+	if (list_empty(&t->queue))
+		goto rearm;
 	if (t->nr_channels) {
 		req = list_first_entry(&t->queue, struct dmu_request, entry);
 		sweep = time_after_eq(now, req->queued_at + HZ);
-		queue_delayed_work(system_wq, &t->watchdog, HZ);
-		goto out;
+		dmu_deadline_add(&next, now + HZ);
+		goto rearm;
 	}
 	list_for_each_entry_safe(req, tmp, &t->queue, entry) {
 		unsigned long since = time_after(t->orphaned_at, req->queued_at) ?
 				      t->orphaned_at : req->queued_at;
 
-		if (time_after_eq(now, since + tmo)) {
+		if (time_after_eq(now, since + tmo))
 			dmu_finish(t, req, BLK_STS_IOERR, &b);
-		} else if (!rearm || time_before(since + tmo, next)) {
-			next = since + tmo;
-			rearm = true;
-		}
+		else
+			dmu_deadline_add(&next, since + tmo);
 	}
-	/* next is after now, so the delay cannot wrap. */
-	if (rearm)
-		queue_delayed_work(system_wq, &t->watchdog, next - now);
+rearm:
+	/* Every deadline kept is after now, so the delay cannot wrap. */
+	if (next.set)
+		queue_delayed_work(system_wq, &t->watchdog, next.at - now);
 out:
 	spin_unlock_irq(&t->lock);
 	dmu_batch_end(t, &b);
 	if (sweep)
 		dmu_wake_all(t);
+}
+
+/* Fail or push back everything queued, and with @held what is held too. */
+static unsigned int dmu_end_all(struct dmu_target *t, bool held,
+				blk_status_t status)
+{
+	struct dmu_batch b = { BIO_EMPTY_LIST, 0 };
+	struct dmu_request *req, *tmp;
+	struct dmu_channel *ch;
+	unsigned int n = 0;
+
+	spin_lock_irq(&t->lock);
+	list_for_each_entry_safe(req, tmp, &t->queue, entry) {
+		dmu_finish(t, req, status, &b);
+		n++;
+	}
+	if (held) {
+		list_for_each_entry(ch, &t->channels, node) {
+			list_for_each_entry_safe(req, tmp, &ch->held, entry) {
+				dmu_finish(t, req, status, &b);
+				n++;
+			}
+		}
+	}
+	spin_unlock_irq(&t->lock);
+	dmu_batch_end(t, &b);
+	return n;
 }
 
 /* ---- The device-mapper target. ---- */
@@ -159,11 +240,21 @@ static bool dmu_valid_name(const char *name)
 	return true;
 }
 
-static int dmu_parse_options(struct dmu_target *t, struct dm_arg_set *as,
+/* A uint option's value, after its name. */
+static int dmu_uint_arg(struct dm_arg_set *as, unsigned int *argc,
+			unsigned int *val)
+{
+	if (!*argc)
+		return -EINVAL;
+	(*argc)--;
+	return kstrtouint(dm_shift_arg(as), 10, val);
+}
+
+static int dmu_parse_options(struct dmu_table *tt, struct dm_arg_set *as,
 			     char **error)
 {
 	static const struct dm_arg group = {
-		0, 6, "Invalid number of optional arguments"
+		0, 8, "Invalid number of optional arguments"
 	};
 	unsigned int argc;
 	int r;
@@ -177,23 +268,28 @@ static int dmu_parse_options(struct dmu_target *t, struct dm_arg_set *as,
 		const char *opt = dm_shift_arg(as);
 
 		if (!strcasecmp(opt, "no_flush")) {
-			t->ops &= ~DM_USER_OP_FLUSH;
+			tt->ops &= ~DM_USER_OP_FLUSH;
 		} else if (!strcasecmp(opt, "no_discard")) {
-			t->ops &= ~DM_USER_OP_DISCARD;
+			tt->ops &= ~DM_USER_OP_DISCARD;
 		} else if (!strcasecmp(opt, "no_write_zeroes")) {
-			t->ops &= ~DM_USER_OP_WRITE_ZEROES;
+			tt->ops &= ~DM_USER_OP_WRITE_ZEROES;
 		} else if (!strcasecmp(opt, "no_secure_erase")) {
-			t->ops &= ~DM_USER_OP_SECURE_ERASE;
-		} else if (!strcasecmp(opt, "max_payload") && argc) {
-			argc--;
-			if (kstrtouint(dm_shift_arg(as), 10, &t->max_payload) ||
-			    t->max_payload < PAGE_SIZE ||
-			    t->max_payload > DMU_MAX_PAYLOAD ||
-			    t->max_payload % PAGE_SIZE) {
+			tt->ops &= ~DM_USER_OP_SECURE_ERASE;
+		} else if (!strcasecmp(opt, "max_payload")) {
+			if (dmu_uint_arg(as, &argc, &tt->max_payload) ||
+			    tt->max_payload < PAGE_SIZE ||
+			    tt->max_payload > DMU_MAX_PAYLOAD ||
+			    tt->max_payload % PAGE_SIZE) {
 				*error = "max_payload must be a multiple of the page size, at most 64 MiB";
 				return -EINVAL;
 			}
-			t->max_payload_set = true;
+			tt->max_payload_set = true;
+		} else if (!strcasecmp(opt, "request_timeout")) {
+			if (dmu_uint_arg(as, &argc, &tt->request_timeout) ||
+			    tt->request_timeout > DMU_MAX_REQUEST_TIMEOUT) {
+				*error = "request_timeout must be 0 (none) to 86400000 ms";
+				return -EINVAL;
+			}
 		} else {
 			*error = "Unknown optional argument";
 			return -EINVAL;
@@ -206,11 +302,103 @@ static int dmu_parse_options(struct dmu_target *t, struct dm_arg_set *as,
 	return 0;
 }
 
+/* With dmu_names_lock held. */
+static struct dmu_target *dmu_find_name(const char *name)
+{
+	struct dmu_target *t;
+
+	list_for_each_entry(t, &dmu_names, name_node)
+		if (!strcmp(t->name, name))
+			return t;
+	return NULL;
+}
+
+/* The live table's view of the device, for GET_INFO and the watchdog. */
+static void dmu_apply_table(struct dmu_target *t, const struct dmu_table *tt)
+{
+	spin_lock_irq(&t->lock);
+	t->len = tt->len;
+	t->ops = tt->ops;
+	t->max_payload = tt->max_payload;
+	t->request_timeout = tt->request_timeout;
+	if (!list_empty(&t->queue) || t->request_timeout)
+		dmu_arm_watchdog(t);
+	spin_unlock_irq(&t->lock);
+}
+
+/* A new control device for @tt, registered. With dmu_names_lock held. */
+static struct dmu_target *dmu_target_create(struct dmu_table *tt,
+					    struct dm_target *ti,
+					    const char *name)
+{
+	struct dmu_target *t;
+	int r;
+
+	t = kzalloc(sizeof(*t), GFP_KERNEL);
+	if (!t)
+		return ERR_PTR(-ENOMEM);
+	spin_lock_init(&t->lock);
+	INIT_LIST_HEAD(&t->queue);
+	INIT_LIST_HEAD(&t->channels);
+	INIT_LIST_HEAD(&t->tables);
+	hash_init(t->held);
+	init_waitqueue_head(&t->drain_wq);
+	INIT_DELAYED_WORK(&t->watchdog, dmu_watchdog_fn);
+	t->orphaned_at = jiffies;
+	t->md = dm_table_get_md(ti->table);
+	strscpy(t->name, name, sizeof(t->name));
+	t->len = tt->len;
+	t->ops = tt->ops;
+	t->max_payload = tt->max_payload;
+	t->request_timeout = tt->request_timeout;
+	r = dmu_control_register(t);	/* frees @t on failure */
+	if (r)
+		return ERR_PTR(r);
+	list_add(&t->name_node, &dmu_names);
+	return t;
+}
+
+/*
+ * Attach @tt to the control device named @name: a new one, or, for a reload
+ * of the same mapped device, the one the live table uses, so that the
+ * daemon's channels carry on across the swap. With dmu_names_lock held.
+ */
+static int dmu_attach(struct dmu_table *tt, struct dm_target *ti,
+		      const char *name, char **error)
+{
+	struct dmu_target *t = dmu_find_name(name);
+	struct dmu_table *other;
+
+	if (!t) {
+		t = dmu_target_create(tt, ti, name);
+		if (IS_ERR(t)) {
+			*error = "Cannot register the control device";
+			return PTR_ERR(t);
+		}
+	} else {
+		/* Another device's, or one on its way out. */
+		if (t->md != dm_table_get_md(ti->table) || list_empty(&t->tables)) {
+			*error = "Control name already in use";
+			return -EBUSY;
+		}
+		list_for_each_entry(other, &t->tables, node) {
+			if (other->ti->table == ti->table) {
+				*error = "Control name used twice in one table";
+				return -EBUSY;
+			}
+		}
+		get_device(&t->dev);
+	}
+	tt->t = t;
+	list_add_tail(&tt->node, &t->tables);
+	return 0;
+}
+
 /* <start> <length> <control-name> [<#opt_args> <opt>...] */
 static int user_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 {
 	struct dm_arg_set as = { .argc = argc, .argv = argv };
-	struct dmu_target *t, *other;
+	struct dmu_table *tt;
 	char dummy;
 	int r;
 
@@ -218,29 +406,22 @@ static int user_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		ti->error = "Invalid argument count";
 		return -EINVAL;
 	}
-	t = kzalloc(sizeof(*t), GFP_KERNEL);
-	if (!t) {
+	tt = kzalloc(sizeof(*tt), GFP_KERNEL);
+	if (!tt) {
 		ti->error = "Cannot allocate target";
 		return -ENOMEM;
 	}
-	spin_lock_init(&t->lock);
-	INIT_LIST_HEAD(&t->queue);
-	INIT_LIST_HEAD(&t->channels);
-	hash_init(t->held);
-	init_waitqueue_head(&t->drain_wq);
-	INIT_DELAYED_WORK(&t->watchdog, dmu_watchdog_fn);
-	kref_init(&t->ref);
-	t->orphaned_at = jiffies;
-	t->ops = DMU_ALL_OPS;
-	t->max_payload = DMU_DEFAULT_PAYLOAD;
+	tt->ti = ti;
+	tt->ops = DMU_ALL_OPS;
+	tt->max_payload = DMU_DEFAULT_PAYLOAD;
 
 	r = -EINVAL;
-	if (sscanf(argv[0], "%llu%c", &t->start, &dummy) != 1 ||
-	    sscanf(argv[1], "%llu%c", &t->len, &dummy) != 1) {
+	if (sscanf(argv[0], "%llu%c", &tt->start, &dummy) != 1 ||
+	    sscanf(argv[1], "%llu%c", &tt->len, &dummy) != 1) {
 		ti->error = "Invalid start or length";
 		goto bad;
 	}
-	if (t->len != ti->len || t->start + t->len < t->start) {
+	if (tt->len != ti->len || tt->start + tt->len < tt->start) {
 		ti->error = "Length must equal the target's length";
 		goto bad;
 	}
@@ -248,80 +429,48 @@ static int user_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		ti->error = "Invalid control name (1-64 of A-Z a-z 0-9 - _ . + : @)";
 		goto bad;
 	}
-	strscpy(t->name, argv[2], sizeof(t->name));
-	snprintf(t->devname, sizeof(t->devname), "dm-user/%s", t->name);
 	dm_consume_args(&as, 3);
-	r = dmu_parse_options(t, &as, &ti->error);
+	r = dmu_parse_options(tt, &as, &ti->error);
 	if (r)
 		goto bad;
-	r = dm_set_target_max_io_len(ti, t->max_payload >> SECTOR_SHIFT);
-	if (r)
-		goto bad;
-
-	t->misc.minor = MISC_DYNAMIC_MINOR;
-	t->misc.name = t->devname;	/* devtmpfs: /dev/dm-user/<name> */
-	t->misc.fops = &dmu_fops;
-	t->misc.mode = 0600;
-
 	mutex_lock(&dmu_names_lock);
-	list_for_each_entry(other, &dmu_names, name_node) {
-		if (!strcmp(other->name, t->name)) {
-			mutex_unlock(&dmu_names_lock);
-			ti->error = "Control name already in use";
-			r = -EBUSY;
-			goto bad;
-		}
-	}
-	r = misc_register(&t->misc);
-	if (r) {
-		mutex_unlock(&dmu_names_lock);
-		ti->error = "Cannot register the control device";
-		goto bad;
-	}
-	list_add(&t->name_node, &dmu_names);
+	r = dmu_attach(tt, ti, argv[2], &ti->error);
 	mutex_unlock(&dmu_names_lock);
+	if (r)
+		goto bad;
 
-	ti->private = t;
+	ti->private = tt;
 	ti->per_io_data_size = sizeof(struct dmu_request);
-	if (t->ops & DM_USER_OP_FLUSH) {
+	if (tt->ops & DM_USER_OP_FLUSH) {
 		ti->num_flush_bios = 1;
 		ti->flush_supported = true;
 	}
-	if (t->ops & DM_USER_OP_DISCARD) {
+	if (tt->ops & DM_USER_OP_DISCARD) {
 		ti->num_discard_bios = 1;
 		ti->discards_supported = true;
 	}
-	if (t->ops & DM_USER_OP_SECURE_ERASE)
+	if (tt->ops & DM_USER_OP_SECURE_ERASE)
 		ti->num_secure_erase_bios = 1;
-	if (t->ops & DM_USER_OP_WRITE_ZEROES)
+	if (tt->ops & DM_USER_OP_WRITE_ZEROES)
 		ti->num_write_zeroes_bios = 1;
 	return 0;
 
 bad:
-	kfree(t);
+	kfree(tt);
 	return r;
 }
 
-static void user_dtr(struct dm_target *ti)
+/* The last table is gone: fail everything, remove the control device. */
+static void dmu_target_destroy(struct dmu_target *t)
 {
-	struct dmu_target *t = ti->private;
-	struct dmu_batch b = { BIO_EMPTY_LIST, 0 };
-	struct dmu_request *req, *tmp;
-	struct dmu_channel *ch;
-
 	spin_lock_irq(&t->lock);
 	t->dead = true;
-	list_for_each_entry_safe(req, tmp, &t->queue, entry)
-		dmu_finish(t, req, BLK_STS_IOERR, &b);
-	list_for_each_entry(ch, &t->channels, node)
-		list_for_each_entry_safe(req, tmp, &ch->held, entry)
-			dmu_finish(t, req, BLK_STS_IOERR, &b);
 	spin_unlock_irq(&t->lock);
-	dmu_batch_end(t, &b);
+	dmu_end_all(t, true, BLK_STS_IOERR);
 
 	/* Blocked readers return -ENOTBLK; pollers see EPOLLIN. */
 	dmu_wake_all(t);
-	misc_deregister(&t->misc);
+	dmu_control_unregister(t);
 	mutex_lock(&dmu_names_lock);
 	list_del(&t->name_node);
 	mutex_unlock(&dmu_names_lock);
@@ -331,15 +480,31 @@ static void user_dtr(struct dm_target *ti)
 	spin_lock_irq(&t->lock);
 	wait_event_lock_irq(t->drain_wq, !t->nr_doomed, t->lock);
 	spin_unlock_irq(&t->lock);
+}
 
-	kref_put(&t->ref, dmu_target_release);
+static void user_dtr(struct dm_target *ti)
+{
+	struct dmu_table *tt = ti->private;
+	struct dmu_target *t = tt->t;
+	bool last;
+
+	mutex_lock(&dmu_names_lock);
+	list_del(&tt->node);
+	last = list_empty(&t->tables);
+	mutex_unlock(&dmu_names_lock);
+	kfree(tt);
+	/* Otherwise the other table of the device keeps the channels. */
+	if (last)
+		dmu_target_destroy(t);
+	put_device(&t->dev);
 }
 
 static int user_map(struct dm_target *ti, struct bio *bio)
 {
-	struct dmu_target *t = ti->private;
+	struct dmu_table *tt = ti->private;
+	struct dmu_target *t = tt->t;
 	struct dmu_request *req = dm_per_bio_data(bio, sizeof(*req));
-	int type = dmu_bio_type(t, bio);
+	int type = dmu_bio_type(tt->ops, bio);
 	unsigned long flags;
 
 	if (type < 0) {
@@ -347,6 +512,17 @@ static int user_map(struct dm_target *ti, struct bio *bio)
 		bio_endio(bio);
 		return DM_MAPIO_SUBMITTED;
 	}
+	/* Mapped after presuspend: dm core resubmits it after resume. */
+	if (unlikely(dm_noflush_suspending(ti)))
+		return DM_MAPIO_REQUEUE;
+	/*
+	 * Cut at max_payload from where the bio starts, not at multiples of it
+	 * as dm_set_target_max_io_len() would: an unaligned bio of max_payload
+	 * stays one request. dm core sends the rest as the next bio.
+	 */
+	if ((type == DM_USER_REQ_MAP_READ || type == DM_USER_REQ_MAP_WRITE) &&
+	    bio_sectors(bio) > tt->max_payload >> SECTOR_SHIFT)
+		dm_accept_partial_bio(bio, tt->max_payload >> SECTOR_SHIFT);
 
 	req->bio = bio;
 	req->ch = NULL;
@@ -354,7 +530,7 @@ static int user_map(struct dm_target *ti, struct bio *bio)
 	req->type = type;
 	req->flags = dmu_bio_flags(bio);
 	req->sector = bio_sectors(bio) ?
-		t->start + dm_target_offset(ti, bio->bi_iter.bi_sector) : 0;
+		tt->start + dm_target_offset(ti, bio->bi_iter.bi_sector) : 0;
 	if (type == DM_USER_REQ_MAP_READ)
 		req->class = DMU_CLASS_READ;
 	else if (type == DM_USER_REQ_MAP_WRITE && bio_has_data(bio))
@@ -376,31 +552,119 @@ static int user_map(struct dm_target *ti, struct bio *bio)
 	return DM_MAPIO_SUBMITTED;
 }
 
+/*
+ * A noflush suspend must not wait for a daemon: what it has not read yet
+ * goes back to dm core, which resubmits it after resume (to the new table,
+ * after a reload). What it holds it may be working on, so that waits for its
+ * answer, or for request_timeout.
+ */
+static void user_presuspend(struct dm_target *ti)
+{
+	struct dmu_table *tt = ti->private;
+	struct dmu_target *t = tt->t;
+
+	if (!dm_noflush_suspending(ti))
+		return;
+	spin_lock_irq(&t->lock);
+	t->noflush_suspending = true;
+	spin_unlock_irq(&t->lock);
+	dmu_end_all(t, false, BLK_STS_DM_REQUEUE);
+}
+
+/* The suspend finished, or failed: request_timeout fails again. */
+static void user_postsuspend(struct dm_target *ti)
+{
+	struct dmu_table *tt = ti->private;
+	struct dmu_target *t = tt->t;
+
+	spin_lock_irq(&t->lock);
+	t->noflush_suspending = false;
+	spin_unlock_irq(&t->lock);
+}
+
+/*
+ * This table is live now: its size and options are what daemons see.
+ *
+ * dm core has just set the device's limits and flags from the table. With no
+ * devices to iterate, it counted us as able to poll (QUEUE_FLAG_POLL); but a
+ * REQ_POLLED bio completes only when it is polled, and nothing of ours can be,
+ * so a polled read (RWF_HIPRI, io_uring IOPOLL) would sleep until the block
+ * layer's half-a-hung-task-timeout poll retry. Submitters still see the
+ * device suspended here, so bios that come in later are not polled.
+ */
+static void user_resume(struct dm_target *ti)
+{
+	struct dmu_table *tt = ti->private;
+
+	blk_queue_flag_clear(QUEUE_FLAG_POLL,
+			     dm_disk(dm_table_get_md(ti->table))->queue);
+	dmu_apply_table(tt->t, tt);
+}
+
+static unsigned int dmu_emit_counters(struct dmu_target *t, char *result,
+				      unsigned int maxlen)
+{
+	unsigned int sz = 0, queued, inflight[DMU_NR_CLASSES], channels;
+	u64 completed, errors, requeued, timed_out;
+
+	spin_lock_irq(&t->lock);
+	queued = t->nr_queued;
+	memcpy(inflight, t->nr_inflight, sizeof(inflight));
+	completed = t->completed;
+	errors = t->errors;
+	channels = t->nr_channels;
+	requeued = t->requeued;
+	timed_out = t->timed_out;
+	spin_unlock_irq(&t->lock);
+	DMEMIT("queued=%u inflight_read=%u inflight_write=%u inflight_other=%u completed=%llu errors=%llu channels=%u requeued=%llu timed_out=%llu",
+	       queued, inflight[DMU_CLASS_READ], inflight[DMU_CLASS_WRITE],
+	       inflight[DMU_CLASS_OTHER], completed, errors, channels,
+	       requeued, timed_out);
+	return sz;
+}
+
+/*
+ * dmsetup message DEV 0 abort     fail everything queued and held (EIO)
+ * dmsetup message DEV 0 counters  print the status line's counters
+ */
+static int user_message(struct dm_target *ti, unsigned int argc, char **argv,
+			char *result, unsigned int maxlen)
+{
+	struct dmu_table *tt = ti->private;
+	struct dmu_target *t = tt->t;
+	unsigned int sz = 0, n;
+
+	if (argc == 1 && !strcasecmp(argv[0], "abort")) {
+		n = dmu_end_all(t, true, BLK_STS_IOERR);
+		DMINFO("%s: aborted %u requests", t->name, n);
+		DMEMIT("aborted=%u", n);
+		return 1;
+	}
+	if (argc == 1 && !strcasecmp(argv[0], "counters")) {
+		dmu_emit_counters(t, result, maxlen);
+		return 1;
+	}
+	DMWARN("%s: unknown message (abort, counters)", t->name);
+	return -EINVAL;
+}
+
 static void user_status(struct dm_target *ti, status_type_t type,
 			unsigned int status_flags, char *result,
 			unsigned int maxlen)
 {
-	struct dmu_target *t = ti->private;
-	unsigned int sz = 0, nr_opts, queued, inflight[DMU_NR_CLASSES], channels;
-	u64 completed, errors;
-	u64 off = DMU_ALL_OPS & ~t->ops;
+	struct dmu_table *tt = ti->private;
+	struct dmu_target *t = tt->t;
+	unsigned int sz = 0, nr_opts;
+	u64 off = DMU_ALL_OPS & ~tt->ops;
 
 	switch (type) {
 	case STATUSTYPE_INFO:
-		spin_lock_irq(&t->lock);
-		queued = t->nr_queued;
-		memcpy(inflight, t->nr_inflight, sizeof(inflight));
-		completed = t->completed;
-		errors = t->errors;
-		channels = t->nr_channels;
-		spin_unlock_irq(&t->lock);
-		DMEMIT("queued=%u inflight_read=%u inflight_write=%u inflight_other=%u completed=%llu errors=%llu channels=%u",
-		       queued, inflight[DMU_CLASS_READ], inflight[DMU_CLASS_WRITE],
-		       inflight[DMU_CLASS_OTHER], completed, errors, channels);
+		dmu_emit_counters(t, result, maxlen);
 		break;
 	case STATUSTYPE_TABLE:
-		DMEMIT("%llu %llu %s", t->start, t->len, t->name);
-		nr_opts = hweight64(off) + (t->max_payload_set ? 2 : 0);
+		DMEMIT("%llu %llu %s", tt->start, tt->len, t->name);
+		nr_opts = hweight64(off) + (tt->max_payload_set ? 2 : 0) +
+			  (tt->request_timeout ? 2 : 0);
 		if (!nr_opts)
 			break;
 		DMEMIT(" %u", nr_opts);
@@ -412,13 +676,15 @@ static void user_status(struct dm_target *ti, status_type_t type,
 			DMEMIT(" no_write_zeroes");
 		if (off & DM_USER_OP_SECURE_ERASE)
 			DMEMIT(" no_secure_erase");
-		if (t->max_payload_set)
-			DMEMIT(" max_payload %u", t->max_payload);
+		if (tt->max_payload_set)
+			DMEMIT(" max_payload %u", tt->max_payload);
+		if (tt->request_timeout)
+			DMEMIT(" request_timeout %u", tt->request_timeout);
 		break;
 	case STATUSTYPE_IMA:
 		DMEMIT_TARGET_NAME_VERSION(ti->type);
 		DMEMIT(",control=%s,ops=%llu,max_payload=%u;",
-		       t->name, t->ops, t->max_payload);
+		       t->name, tt->ops, tt->max_payload);
 		break;
 	}
 }
@@ -432,26 +698,22 @@ static int user_iterate_devices(struct dm_target *ti,
 
 static void user_io_hints(struct dm_target *ti, struct queue_limits *limits)
 {
-	struct dmu_target *t = ti->private;
-	unsigned int payload_sectors = t->max_payload >> SECTOR_SHIFT;
+	struct dmu_table *tt = ti->private;
+	unsigned int payload_sectors = tt->max_payload >> SECTOR_SHIFT;
 
 	limits->max_hw_sectors = payload_sectors;
 	limits->max_hw_discard_sectors = 0;
 	limits->max_write_zeroes_sectors = 0;
 	limits->max_secure_erase_sectors = 0;
-	if (t->ops & DM_USER_OP_DISCARD) {
+	if (tt->ops & DM_USER_OP_DISCARD) {
 		limits->max_hw_discard_sectors = DMU_MAX_EXTENT_SECTORS;
 		limits->discard_granularity = SECTOR_SIZE;
 	}
-	if (t->ops & DM_USER_OP_WRITE_ZEROES)
+	if (tt->ops & DM_USER_OP_WRITE_ZEROES)
 		limits->max_write_zeroes_sectors = DMU_MAX_EXTENT_SECTORS;
-	if (t->ops & DM_USER_OP_SECURE_ERASE)
+	if (tt->ops & DM_USER_OP_SECURE_ERASE)
 		limits->max_secure_erase_sectors = DMU_MAX_EXTENT_SECTORS;
-#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 9, 0)
-	/* From 6.9 the block layer derives these from the _hw_ limits. */
-	limits->max_sectors = payload_sectors;
-	limits->max_discard_sectors = limits->max_hw_discard_sectors;
-#endif
+	dmu_set_derived_limits(limits);
 }
 
 static struct target_type user_target = {
@@ -463,6 +725,11 @@ static struct target_type user_target = {
 	.ctr		 = user_ctr,
 	.dtr		 = user_dtr,
 	.map		 = user_map,
+	.presuspend	 = user_presuspend,
+	.presuspend_undo = user_postsuspend,
+	.postsuspend	 = user_postsuspend,
+	.resume		 = user_resume,
+	.message	 = user_message,
 	.status		 = user_status,
 	.iterate_devices = user_iterate_devices,
 	.io_hints	 = user_io_hints,
@@ -470,16 +737,24 @@ static struct target_type user_target = {
 
 static int __init dm_user_init(void)
 {
-	int r = dm_register_target(&user_target);
+	int r = dmu_control_init();
 
-	if (r < 0)
+	if (r) {
+		DMERR("cannot allocate control device numbers: %d", r);
+		return r;
+	}
+	r = dm_register_target(&user_target);
+	if (r < 0) {
 		DMERR("register failed %d", r);
+		dmu_control_exit();
+	}
 	return r;
 }
 
 static void __exit dm_user_exit(void)
 {
 	dm_unregister_target(&user_target);
+	dmu_control_exit();
 }
 
 module_init(dm_user_init);

@@ -49,8 +49,15 @@ t_status() {
     table=$(dmsetup table p2)
     [ "$table" = "0 8192 user 0 8192 p2-ctl 3 no_discard max_payload 131072" ] ||
         fail "table line: '$table'"
-    dmsetup status p2 | grep -Eq '^0 8192 user queued=0 inflight_read=0 inflight_write=0 inflight_other=0 completed=0 errors=0 channels=0$' ||
+    dmsetup status p2 | grep -Eq '^0 8192 user queued=0 inflight_read=0 inflight_write=0 inflight_other=0 completed=0 errors=0 channels=0 requeued=0 timed_out=0$' ||
         fail "status line: '$(dmsetup status p2)'"
+    [ "$(dmsetup message p2 0 counters)" = "$(dmsetup status p2 | cut -d' ' -f4-)" ] ||
+        fail "counters message: '$(dmsetup message p2 0 counters)'"
+    dm_user_remove p2 || fail "remove"
+    dm_user_create p2 8192 p2-ctl 4 no_flush request_timeout 5000 no_write_zeroes || fail "create"
+    table=$(dmsetup table p2)
+    [ "$table" = "0 8192 user 0 8192 p2-ctl 4 no_flush no_write_zeroes request_timeout 5000" ] ||
+        fail "table line with request_timeout: '$table'"
     dm_user_remove p2 || fail "remove"
 }
 
@@ -188,6 +195,36 @@ t_version() {
     probe_case info
 }
 
+# 9. Queue limits: a bio of max_payload at an unaligned offset stays one
+# request (dm_accept_partial_bio, not dm's aligned max_io_len split).
+t_unaligned_max_payload() {
+    dm_user_create p2 65536 p2-ctl || fail "create"
+    serve d p2-ctl --threads 2
+    local before after
+    before=$(dmsetup status p2 | grep -o 'completed=[0-9]*' | cut -d= -f2)
+    dd if=/dev/zero of=/dev/mapper/p2 bs=1M count=1 seek=4096 oflag=direct,seek_bytes status=none ||
+        fail "unaligned 1 MiB write"
+    after=$(dmsetup status p2 | grep -o 'completed=[0-9]*' | cut -d= -f2)
+    echo "an unaligned 1 MiB write took $((after - before)) request(s)"
+    [ $((after - before)) = 1 ] || fail "an unaligned 1 MiB write took $((after - before)) requests, wanted 1"
+}
+
+# 10. No polled I/O: nothing of ours can be polled, so the queue must not
+# claim it (a polled read would sleep for half the hung-task timeout).
+t_no_polled_io() {
+    need_cmd fio
+    dm_user_create p2 65536 p2-ctl || fail "create"
+    serve d p2-ctl --threads 2
+    local dm
+    dm=$(basename "$(readlink -f /dev/mapper/p2)")
+    [ "$(cat "/sys/block/$dm/queue/io_poll")" = 0 ] || fail "io_poll is $(cat "/sys/block/$dm/queue/io_poll")"
+    run_bounded 60 fio --name=hipri --filename=/dev/mapper/p2 --ioengine=pvsync2 --hipri=1 \
+        --rw=randread --bs=4k --size=1M --direct=1 --number_ios=64 >/tmp/hipri.out 2>&1 ||
+        fail "64 RWF_HIPRI reads did not finish: $(tail -n 3 /tmp/hipri.out)"
+    dmsetup reload p2 --table "$(dmsetup table p2)" && dmsetup resume p2 || fail "reload"
+    [ "$(cat "/sys/block/$dm/queue/io_poll")" = 0 ] || fail "io_poll after a reload: $(cat "/sys/block/$dm/queue/io_poll")"
+}
+
 mtest part2-version t_version 120
 mtest part2-poll-nonblock t_poll_nonblock 120
 mtest part2-uring-qd32-no-workers t_uring_qd32 120
@@ -199,4 +236,6 @@ mtest part2-flush-discard-write-zeroes t_flush_discard_zeroes 180
 mtest part2-options-turn-ops-off t_options_off 180
 mtest part2-unsupported-eopnotsupp t_unsupported 180
 mtest part2-nowait-fio-io-uring t_nowait_fio_uring 180
+mtest part2-unaligned-max-payload-one-request t_unaligned_max_payload 120
+mtest part2-no-polled-io t_no_polled_io 180
 vm_tests_run

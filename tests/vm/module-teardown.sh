@@ -11,7 +11,7 @@ t_remove_while_reading() {
     dm_user_create rr 8192 rr-ctl || fail "create"
     serve blk rr-ctl --threads 4
     serve uring rr-ctl --uring 32
-    wait_for 10 bash -c "dmsetup status rr | grep -q ' channels=5$'" || fail "channels: $(dmsetup status rr)"
+    wait_for 10 bash -c "dmsetup status rr | grep -Eq ' channels=5( |$)'" || fail "channels: $(dmsetup status rr)"
     sleep 0.5
     dm_user_remove rr || fail "remove refused"
     daemon_wait blk 10 || fail "blocking daemon did not exit 0 after remove (status $?)"
