@@ -14,6 +14,10 @@
  *   module-probe hold CTL N
  *       Reads N requests and answers none until SIGUSR1, then answers them
  *       all (reads are served with zeros) and exits.
+ *   module-probe many PREFIX N
+ *       Serves /dev/dm-user/PREFIX1-ctl .. PREFIXN-ctl (one-block targets)
+ *       from one thread while writing a block to each /dev/mapper/PREFIX<i>
+ *       and reading it back; prints "served N".
  *   module-probe case NAME DEV CTL
  *       One self-checking scenario (see the table at the end); exit 0 = pass.
  */
@@ -1021,6 +1025,103 @@ static const struct {
 	{ "unsupported", case_unsupported },
 };
 
+/* ---- many: one thread serves N one-block targets ---- */
+
+struct many {
+	unsigned int n;
+	struct pollfd *pfd;		/* N control files, then the stop pipe */
+	uint8_t (*blocks)[BLK];		/* each target's one block */
+};
+
+static void *many_serve(void *arg)
+{
+	struct many *m = arg;
+	uint8_t buf[HDR + BLK];
+	struct dm_user_message *msg = (void *)buf;
+	unsigned int i;
+
+	for (;;) {
+		if (poll(m->pfd, m->n + 1, -1) < 0 && errno != EINTR)
+			die("many: poll: %s", strerror(errno));
+		if (m->pfd[m->n].revents)
+			return NULL;
+		for (i = 0; i < m->n; i++) {
+			ssize_t r;
+			size_t len = HDR;
+
+			if (!(m->pfd[i].revents & POLLIN))
+				continue;
+			r = read(m->pfd[i].fd, buf, sizeof(buf));
+			if (r < 0 && errno == EAGAIN)
+				continue;
+			if (r < (ssize_t)HDR || msg->sector * 512 + msg->len > BLK)
+				die("many: target %u: read %zd (%s), sector %llu len %llu", i + 1, r,
+				    r < 0 ? strerror(errno) : "ok", (unsigned long long)msg->sector,
+				    (unsigned long long)msg->len);
+			if (msg->type == DM_USER_REQ_MAP_READ) {
+				memcpy(msg->buf, m->blocks[i] + msg->sector * 512, msg->len);
+				len += msg->len;
+			} else if (msg->type == DM_USER_REQ_MAP_WRITE) {
+				memcpy(m->blocks[i] + msg->sector * 512, msg->buf, msg->len);
+			}
+			msg->type = DM_USER_RESP_SUCCESS;
+			write_all(m->pfd[i].fd, buf, len);
+		}
+	}
+}
+
+/*
+ * Open /dev/dm-user/PREFIX<i>-ctl for i = 1..N and serve them all from one
+ * thread, while this one writes a block naming each device to
+ * /dev/mapper/PREFIX<i> and reads it back.
+ */
+static int cmd_many(int argc, char **argv)
+{
+	struct many m = { 0 };
+	char path[128], *io;
+	int stop[2];
+	pthread_t thread;
+	unsigned int i;
+
+	if (argc != 2)
+		die("many PREFIX N");
+	m.n = atoi(argv[1]);
+	m.pfd = calloc(m.n + 1, sizeof(*m.pfd));
+	m.blocks = calloc(m.n, BLK);
+	if (!m.pfd || !m.blocks || pipe(stop) || posix_memalign((void **)&io, BLK, 2 * BLK))
+		die("many: out of memory");
+	for (i = 0; i < m.n; i++) {
+		snprintf(path, sizeof(path), "%s%u-ctl", argv[0], i + 1);
+		m.pfd[i].fd = open_ctl(path, O_NONBLOCK);
+		m.pfd[i].events = POLLIN;
+	}
+	m.pfd[m.n].fd = stop[0];
+	m.pfd[m.n].events = POLLIN;
+	if (pthread_create(&thread, NULL, many_serve, &m))
+		die("many: pthread_create");
+	for (i = 0; i < m.n; i++) {
+		int fd;
+
+		snprintf(path, sizeof(path), "/dev/mapper/%s%u", argv[0], i + 1);
+		fd = open(path, O_RDWR | O_DIRECT);
+		if (fd < 0)
+			die("many: open %s: %s", path, strerror(errno));
+		memset(io, 0, 2 * BLK);
+		snprintf(io, BLK, "the block of %s", path);
+		if (pwrite(fd, io, BLK, 0) != BLK || pread(fd, io + BLK, BLK, 0) != BLK)
+			die("many: I/O on %s: %s", path, strerror(errno));
+		if (memcmp(io, io + BLK, BLK))
+			die("many: %s read back '%.40s'", path, io + BLK);
+		close(fd);
+	}
+	if (write(stop[1], "x", 1) != 1 || pthread_join(thread, NULL))
+		die("many: cannot stop the server thread");
+	for (i = 0; i < m.n; i++)
+		close(m.pfd[i].fd);
+	printf("served %u\n", m.n);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	size_t i;
@@ -1029,6 +1130,8 @@ int main(int argc, char **argv)
 		return cmd_serve(argc - 2, argv + 2);
 	if (argc >= 4 && !strcmp(argv[1], "hold"))
 		return cmd_hold(argc - 2, argv + 2);
+	if (argc >= 4 && !strcmp(argv[1], "many"))
+		return cmd_many(argc - 2, argv + 2);
 	if (argc == 5 && !strcmp(argv[1], "case")) {
 		dev_path = argv[3];
 		for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -1040,6 +1143,6 @@ int main(int argc, char **argv)
 		}
 		die("unknown case %s", argv[2]);
 	}
-	fprintf(stderr, "usage: module-probe serve CTL [opts] | hold CTL N | case NAME DEV CTL\n");
+	fprintf(stderr, "usage: module-probe serve CTL [opts] | hold CTL N | many PREFIX N | case NAME DEV CTL\n");
 	return 2;
 }

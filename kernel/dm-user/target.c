@@ -624,8 +624,10 @@ static unsigned int dmu_emit_counters(struct dmu_target *t, char *result,
 }
 
 /*
- * dmsetup message DEV 0 abort     fail everything queued and held (EIO)
- * dmsetup message DEV 0 counters  print the status line's counters
+ * dmsetup message DEV 0 abort               fail everything queued and held (EIO)
+ * dmsetup message DEV 0 counters            print the status line's counters
+ * dmsetup message DEV 0 request_timeout MS  until the next resume; e.g. to let a
+ *                                           suspend stuck on a hung daemon finish
  */
 static int user_message(struct dm_target *ti, unsigned int argc, char **argv,
 			char *result, unsigned int maxlen)
@@ -644,7 +646,20 @@ static int user_message(struct dm_target *ti, unsigned int argc, char **argv,
 		dmu_emit_counters(t, result, maxlen);
 		return 1;
 	}
-	DMWARN("%s: unknown message (abort, counters)", t->name);
+	if (argc == 2 && !strcasecmp(argv[0], "request_timeout")) {
+		if (kstrtouint(argv[1], 10, &n) || n > DMU_MAX_REQUEST_TIMEOUT) {
+			DMWARN("%s: request_timeout must be 0 to %u ms", t->name,
+			       DMU_MAX_REQUEST_TIMEOUT);
+			return -EINVAL;
+		}
+		spin_lock_irq(&t->lock);
+		t->request_timeout = n;
+		spin_unlock_irq(&t->lock);
+		/* Check what is waiting now; the watchdog rearms itself. */
+		mod_delayed_work(system_wq, &t->watchdog, 0);
+		return 0;
+	}
+	DMWARN("%s: unknown message (abort, counters, request_timeout MS)", t->name);
 	return -EINVAL;
 }
 
