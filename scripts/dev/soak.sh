@@ -1,0 +1,83 @@
+# ./dev soak [--quick | --cycles N] [SCENARIO-GLOB]: the soak scenarios of
+# tests/soak/soak.sh (kill and restart, remove under load, suspend storms),
+# in one VM boot, each bounded by its cycle count and time limit. Their
+# figures replace this kernel's rows of tests/soak/RESULTS.md. Ends with
+# "N passed, N failed" like ./dev test.
+source "$DEV_ROOT/scripts/dev/test-vm.sh"
+
+SOAK_RESULTS=$DEV_ROOT/tests/soak/RESULTS.md
+
+# soak_record FIGURES RESULTS KERNEL CYCLES: rewrite RESULTS.md with this
+# run's rows (scenario, outcome, figures) in place of this kernel's old ones.
+soak_record() {
+    local figures=$1 results=$2 kernel=$3 cycles=$4
+    local date commit
+    date=$(date -u +%Y-%m-%d)
+    commit=$(git -C "$DEV_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    git -C "$DEV_ROOT" diff --quiet HEAD 2>/dev/null || commit+="+dirty"
+    python3 - "$SOAK_RESULTS" "$figures" "$results" "$date" "$commit" "$kernel" "$cycles" <<'PY'
+import os, sys
+out, figures, results, date, commit, kernel, cycles = sys.argv[1:]
+outcome = {}
+if os.path.exists(results):
+    for line in open(results):
+        f = line.rstrip("\n").split("\t")
+        if f[0] in ("ok", "fail"):
+            outcome[f[1]] = "pass" if f[0] == "ok" else "FAIL: " + (f[3] if len(f) > 3 else "")
+rows = {}
+if os.path.exists(figures):
+    for line in open(figures):
+        name, _, figs = line.rstrip("\n").partition("\t")
+        rows[name] = figs
+for name in outcome:
+    rows.setdefault(name, "(no figures: the scenario stopped early)")
+head = ["# Soak results", "",
+        "Written by `./dev soak` (tests/soak/soak.sh); each run replaces the rows of its",
+        "kernel. Figures are the scenario's own counts; goals: lost=0, hung=0,",
+        "verify_errors=0, kernel_complaints=0, rmmod=ok.", "",
+        "| date | commit | kernel | scenario | cycles | result | figures |",
+        "|---|---|---|---|---|---|---|"]
+kept = []
+if os.path.exists(out):
+    for line in open(out):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| 20") and len(cells) == 7 and cells[2] != kernel:
+            kept.append(line.rstrip("\n"))
+new = [f"| {date} | {commit} | {kernel} | {name} | {cycles} | {outcome.get(name, 'not run')} | {figs} |"
+       for name, figs in sorted(rows.items())]
+with open(out, "w") as f:
+    f.write("\n".join(head + kept + new) + "\n")
+PY
+}
+
+dev_soak() {
+    local cycles=100 only='*'
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --quick) cycles=10 ;;
+            --cycles) cycles=$2; shift ;;
+            --cycles=*) cycles=${1#*=} ;;
+            -h | --help)
+                echo "usage: ./dev soak [--quick | --cycles N] [SCENARIO-GLOB]   (scenarios: kill-restart remove-under-load suspend-storm)"
+                return 0
+                ;;
+            -*) die "./dev soak: unknown option $1" ;;
+            *) only=$1 ;;
+        esac
+        shift
+    done
+    [[ "$cycles" =~ ^[1-9][0-9]*$ ]] || die "--cycles wants a positive count, got '$cycles'"
+    need_pkgs "${VM_PKGS[@]}" "${VM_GUEST_PKGS[@]}" python3
+    meson_build build
+    export VMT_SOAK_CYCLES=$cycles VMT_SOAK_ONLY=$only
+    local start=$SECONDS kernel
+    kernel=$(vm_kernel_version) || exit 1
+    say "soak: $cycles cycles per scenario on $kernel (progress every tenth)"
+    vm_run --quiet --timeout 10800 -- bash "$DEV_ROOT/tests/soak/soak.sh"
+    vmt_report_file soak
+    soak_record "$VM_JOB/figures" "$VM_JOB/results" "$kernel" "$cycles"
+    vm_job_cleanup
+    say "soak took $((SECONDS - start)) s; figures in tests/soak/RESULTS.md"
+    echo "$DEV_PASSED passed, $DEV_FAILED failed"
+    [ "$DEV_FAILED" -eq 0 ]
+}

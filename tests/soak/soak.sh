@@ -1,0 +1,172 @@
+#!/bin/bash
+# The soak scenarios, run in the VM by ./dev soak (scripts/dev/soak.sh): each
+# is a vm_test of tests/vm/lib.sh (own process group, cleanup, kernel log
+# check), bounded by its cycle count and its time limit. Each writes its
+# figures with `figure`; the host puts them in tests/soak/RESULTS.md.
+# Env: VMT_SOAK_CYCLES (default 100), VMT_SOAK_ONLY (a glob of scenario names).
+source "$DEV_ROOT/tests/vm/lib.sh"
+
+CYCLES=${VMT_SOAK_CYCLES:-100}
+BIN=$VMT_BUILD/examples
+FIGURES=/run/vmjob/figures
+
+# figure SCENARIO KEY=VALUE...: one row of RESULTS.md.
+figure() {
+    local IFS=' '
+    printf '%s\t%s\n' "$1" "${*:2}" >>"$FIGURES"
+    echo "figures: ${*:2}"
+}
+
+# progress I N WHAT: a line every tenth of the cycles, in the test's log and
+# on the console, which the host shows (its "vmtest: " lines).
+progress() {
+    local step=$(($2 / 10)) line
+    [ "$step" -gt 0 ] || step=1
+    [ $(($1 % step)) = 0 ] || return 0
+    line="  $3: cycle $1/$2 ($(date +%T))"
+    echo "$line"
+    echo "vmtest: $line" >/dev/console 2>/dev/null
+    return 0
+}
+
+# stest NAME FUNC SECS: register a scenario unless VMT_SOAK_ONLY leaves it out.
+stest() {
+    # shellcheck disable=SC2053
+    [[ "$1" == ${VMT_SOAK_ONLY:-*} ]] && vm_test "$@"
+}
+
+# complaints: kernel log lines that would fail a test, so far.
+complaints() { dmesg | grep -cE 'WARNING:|BUG:|Oops|blocked for more than|general protection' || true; }
+
+# serving LOG: wait until the example daemon writing LOG serves.
+serving() { wait_for 60 grep -q 'serving' "$1"; }
+
+# SIGKILL dmuser-file while a writer fsyncs, restart it with --attach; at the
+# end every acknowledged write must read back.
+t_kill_restart() {
+    need_cmd python3 "$BIN/dmuser-file"
+    local img=/tmp/kr.img ledger=/tmp/kr.ledger i lines=0 now
+    "$BIN/dmuser-file" --name kr --size 64M "$img" >/tmp/kr.log 2>&1 &
+    local pid=$!
+    echo "kr" >>"$VMT_DEVICES_FILE"
+    serving /tmp/kr.log || fail "dmuser-file did not start: $(tail -n 3 /tmp/kr.log)"
+    rm -f "$ledger" /tmp/kr.stop
+    python3 "$DEV_ROOT/tests/soak/writer.py" write /dev/mapper/kr "$ledger" /tmp/kr.stop >/tmp/kr.writer 2>&1 &
+    local writer=$!
+    for i in $(seq "$CYCLES"); do
+        # Kill it only once the writer got something acknowledged by this one.
+        wait_for 120 bash -c "[ \$(grep -c acked $ledger 2>/dev/null) -gt $lines ]" ||
+            fail "cycle $i: no write acknowledged: $(tail -n 3 /tmp/kr.log)"
+        kill -KILL "$pid"
+        wait "$pid" 2>/dev/null
+        now=$(grep -c acked "$ledger")
+        lines=$now
+        "$BIN/dmuser-file" --name kr --attach "$img" >/tmp/kr.log 2>&1 &
+        pid=$!
+        serving /tmp/kr.log || fail "cycle $i: --attach did not serve: $(tail -n 3 /tmp/kr.log)"
+        progress "$i" "$CYCLES" kill-restart
+    done
+    touch /tmp/kr.stop
+    wait "$writer" || fail "the writer failed: $(tail -n 3 /tmp/kr.writer)"
+    local verify
+    verify=$(python3 "$DEV_ROOT/tests/soak/writer.py" verify /dev/mapper/kr "$ledger")
+    local rc=$?
+    kill -TERM "$pid"
+    wait "$pid"
+    dm_user_remove kr 2>/dev/null
+    figure kill-restart "cycles=$CYCLES" "$(cat /tmp/kr.writer)" "$verify" "kernel_complaints=$(complaints)"
+    [ "$rc" = 0 ] || fail "acknowledged writes lost: $verify"
+}
+
+# Take the device away under fio 100 times: SIGKILL the daemon and remove
+# the device, or dmsetup remove --force it while the daemon serves.
+# Nothing may hang, and rmmod must work at the end.
+t_remove_under_load() {
+    need_cmd fio "$BIN/dmuser-ramdisk"
+    local i pid fio hung=0 slab_before slab_after how
+    bio_objects() { awk '/^bio-/ { n += $2 } END { print n + 0 }' /proc/slabinfo; }
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    slab_before=$(bio_objects)
+    for i in $(seq "$CYCLES"); do
+        "$BIN/dmuser-ramdisk" --name ru --size 32M --threads 2 >/tmp/ru.log 2>&1 &
+        pid=$!
+        echo "ru" >>"$VMT_DEVICES_FILE"
+        serving /tmp/ru.log || fail "cycle $i: dmuser-ramdisk did not start: $(tail -n 3 /tmp/ru.log)"
+        fio --name=ru --filename=/dev/mapper/ru --rw=randrw --bs=16k --iodepth=16 \
+            --ioengine=libaio --direct=1 --time_based --runtime=120 --size=24M >/tmp/ru.fio 2>&1 &
+        fio=$!
+        wait_for 60 bash -c "dmsetup status ru | grep -Eq 'completed=[0-9]{2,}'" ||
+            fail "cycle $i: no I/O: $(dmsetup status ru)"
+        if [ $((i % 2)) = 1 ]; then
+            how="kill"
+            kill -KILL "$pid"
+        else
+            how="remove"
+            run_bounded 60 dmsetup remove --force ru >/dev/null 2>&1
+        fi
+        wait_for 60 bash -c "! kill -0 $fio 2>/dev/null" || { hung=$((hung + 1)); kill -KILL "$fio"; }
+        wait_for 60 bash -c "! kill -0 $pid 2>/dev/null" || { hung=$((hung + 1)); kill -KILL "$pid"; }
+        wait "$fio" "$pid" 2>/dev/null
+        dm_user_remove ru || fail "cycle $i ($how): the device cannot be removed"
+        progress "$i" "$CYCLES" remove-under-load
+    done
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    slab_after=$(bio_objects)
+    local rmmod=ok
+    rmmod dm_user || rmmod=failed
+    insmod "${VM_MODULE:-/run/vmjob/dm-user.ko}" || fail "cannot load the module again"
+    figure remove-under-load "cycles=$CYCLES" "hung=$hung" "bio_slab_objects_before=$slab_before" \
+        "after=$slab_after" "rmmod=$rmmod" "kernel_complaints=$(complaints)"
+    [ "$hung" = 0 ] || fail "$hung processes hung"
+    [ "$rmmod" = ok ] || fail "rmmod dm_user failed"
+}
+
+# Suspend and resume 100 times, flush and noflush in turn, while fio verify
+# runs on dmuser-ramdisk.
+t_suspend_storm() {
+    need_cmd fio "$BIN/dmuser-ramdisk"
+    "$BIN/dmuser-ramdisk" --name ss --size 64M --threads 2 >/tmp/ss.log 2>&1 &
+    local pid=$! i flags start ms worst=0 runs=0 bad=0
+    echo "ss" >>"$VMT_DEVICES_FILE"
+    serving /tmp/ss.log || fail "dmuser-ramdisk did not start: $(tail -n 3 /tmp/ss.log)"
+    rm -f /tmp/ss.stop /tmp/ss.runs
+    (
+        while [ ! -f /tmp/ss.stop ]; do
+            if fio --name=ss --filename=/dev/mapper/ss --rw=randwrite --bs=16k --iodepth=16 \
+                --ioengine=libaio --direct=1 --size=32M --verify=crc32c --verify_fatal=1 \
+                --do_verify=1 --randrepeat=0 >/tmp/ss.fio 2>&1; then
+                echo ok >>/tmp/ss.runs
+            else
+                echo bad >>/tmp/ss.runs
+                cp /tmp/ss.fio "/tmp/ss.fio.bad.$(wc -l </tmp/ss.runs)"
+            fi
+        done
+    ) &
+    local loop=$!
+    for i in $(seq "$CYCLES"); do
+        flags=--noflush
+        [ $((i % 2)) = 0 ] && flags=
+        start=$(date +%s%N)
+        run_bounded 120 dmsetup suspend $flags ss || fail "cycle $i: suspend $flags did not finish"
+        ms=$((($(date +%s%N) - start) / 1000000))
+        [ "$ms" -gt "$worst" ] && worst=$ms
+        dmsetup resume ss || fail "cycle $i: resume"
+        progress "$i" "$CYCLES" suspend-storm
+    done
+    touch /tmp/ss.stop
+    wait "$loop"
+    runs=$(grep -c . /tmp/ss.runs)
+    bad=$(grep -c bad /tmp/ss.runs || true)
+    kill -TERM "$pid"
+    wait "$pid"
+    figure suspend-storm "cycles=$CYCLES" "fio_verify_runs=$runs" "verify_errors=$bad" \
+        "worst_suspend_ms=$worst" "kernel_complaints=$(complaints)"
+    [ "$bad" = 0 ] || fail "$bad fio verify runs failed: $(grep -h -iE 'verify|error' /tmp/ss.fio.bad.* | head -n 3)"
+}
+
+stest kill-restart t_kill_restart 3000
+stest remove-under-load t_remove_under_load 3000
+stest suspend-storm t_suspend_storm 2400
+vm_tests_run
