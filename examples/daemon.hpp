@@ -35,6 +35,8 @@ struct DaemonOptions {
     std::uint64_t max_payload = 0;
     bool attach = false;    // serve an existing device (left by a daemon that died)
     bool read_only = false; // the device itself is read-only
+    bool lock_memory = false; // mlockall: never page the daemon out under memory pressure
+    bool io_flusher = true;   // PR_SET_IO_FLUSHER: its allocations do not wait for writeback
 };
 
 inline constexpr const char* common_help = R"(Device options (every daemon):
@@ -54,6 +56,10 @@ inline constexpr const char* common_help = R"(Device options (every daemon):
   --stats SECS       log the request counters every SECS seconds
   --attach           serve an existing device of that name instead of creating it (after a
                      daemon was killed, say); it is removed at exit all the same
+  --mlock            lock the daemon's memory (mlockall), so serving never waits for
+                     its own pages to come back under memory pressure
+  --no-io-flusher    do not set PR_SET_IO_FLUSHER (set by default: the kernel then does
+                     not make the daemon's allocations wait for the writeback it serves)
   -h, --help         this text
 
 SIGINT or SIGTERM removes the device and exits 0. A device still open (mounted) is kept
@@ -92,6 +98,10 @@ inline bool parse_common_option(ArgWalker& args, DaemonOptions& o) {
         o.max_payload = *n;
     } else if (args.flag("--attach"))
         o.attach = true;
+    else if (args.flag("--mlock"))
+        o.lock_memory = true;
+    else if (args.flag("--no-io-flusher"))
+        o.io_flusher = false;
     else
         return false;
     return true;
@@ -155,6 +165,8 @@ int run_daemon(const char* prog, S& store, const DaemonOptions& o, const std::st
     so.depth = o.depth;
     so.busy_poll = std::chrono::microseconds(o.poll_us);
     so.handle_signals = false;
+    so.lock_memory = o.lock_memory;
+    so.io_flusher = o.io_flusher;
     so.stats_interval = std::chrono::seconds(o.stats_secs);
     server<S> srv(store, source, so);
     std::atomic<bool> done{false};

@@ -1,6 +1,7 @@
 # ./dev soak [--quick | --cycles N] [SCENARIO-GLOB]: the soak scenarios of
-# tests/soak/soak.sh (kill and restart, remove under load, suspend storms),
-# in one VM boot, each bounded by its cycle count and time limit. Their
+# tests/soak/ (kill and restart, remove under load, suspend storms in one
+# boot; memory pressure in a 256 MiB guest), each bounded by its cycle count
+# and time limit. Their
 # figures replace this kernel's rows of tests/soak/RESULTS.md. Ends with
 # "N passed, N failed" like ./dev test.
 source "$DEV_ROOT/scripts/dev/test-vm.sh"
@@ -50,6 +51,16 @@ with open(out, "w") as f:
 PY
 }
 
+# soak_file_matches FILE GLOB: FILE registers a scenario (stest NAME) that GLOB matches.
+soak_file_matches() {
+    local name
+    for name in $(awk '/^stest / { print $2 }' "$1"); do
+        # shellcheck disable=SC2053
+        [[ "$name" == $2 ]] && return 0
+    done
+    return 1
+}
+
 dev_soak() {
     local cycles=100 only='*'
     while [ $# -gt 0 ]; do
@@ -58,7 +69,7 @@ dev_soak() {
             --cycles) cycles=$2; shift ;;
             --cycles=*) cycles=${1#*=} ;;
             -h | --help)
-                echo "usage: ./dev soak [--quick | --cycles N] [SCENARIO-GLOB]   (scenarios: kill-restart remove-under-load suspend-storm)"
+                echo "usage: ./dev soak [--quick | --cycles N] [SCENARIO-GLOB]   (scenarios: kill-restart remove-under-load suspend-storm protocol-fuzz memory-pressure)"
                 return 0
                 ;;
             -*) die "./dev soak: unknown option $1" ;;
@@ -70,13 +81,22 @@ dev_soak() {
     need_pkgs "${VM_PKGS[@]}" "${VM_GUEST_PKGS[@]}" python3
     meson_build build
     export VMT_SOAK_CYCLES=$cycles VMT_SOAK_ONLY=$only
-    local start=$SECONDS kernel
+    local start=$SECONDS kernel file mem figures results
     kernel=$(vm_kernel_version) || exit 1
+    figures=$(mktemp) results=$(mktemp)
     say "soak: $cycles cycles per scenario on $kernel (progress every tenth)"
-    vm_run --quiet --timeout 10800 -- bash "$DEV_ROOT/tests/soak/soak.sh"
-    vmt_report_file soak
-    soak_record "$VM_JOB/figures" "$VM_JOB/results" "$kernel" "$cycles"
-    vm_job_cleanup
+    # Each file boots a guest of its own size: memory.sh wants a small one.
+    for file in soak:2G memory:256M; do
+        mem=${file#*:} file=${file%%:*}
+        soak_file_matches "$DEV_ROOT/tests/soak/$file.sh" "$only" || continue
+        vm_run --quiet --mem "$mem" --timeout 10800 -- bash "$DEV_ROOT/tests/soak/$file.sh"
+        vmt_report_file "soak/$file"
+        cat "$VM_JOB/figures" >>"$figures" 2>/dev/null
+        cat "$VM_JOB/results" >>"$results" 2>/dev/null
+        vm_job_cleanup
+    done
+    soak_record "$figures" "$results" "$kernel" "$cycles"
+    rm -f "$figures" "$results"
     say "soak took $((SECONDS - start)) s; figures in tests/soak/RESULTS.md"
     echo "$DEV_PASSED passed, $DEV_FAILED failed"
     [ "$DEV_FAILED" -eq 0 ]

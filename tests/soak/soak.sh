@@ -1,45 +1,9 @@
 #!/bin/bash
-# The soak scenarios, run in the VM by ./dev soak (scripts/dev/soak.sh): each
-# is a vm_test of tests/vm/lib.sh (own process group, cleanup, kernel log
-# check), bounded by its cycle count and its time limit. Each writes its
-# figures with `figure`; the host puts them in tests/soak/RESULTS.md.
-# Env: VMT_SOAK_CYCLES (default 100), VMT_SOAK_ONLY (a glob of scenario names).
+# The soak scenarios that run in the normal (2 GiB) guest; memory.sh has the
+# one that needs a small guest. See tests/soak/README.md.
 source "$DEV_ROOT/tests/vm/lib.sh"
 
-CYCLES=${VMT_SOAK_CYCLES:-100}
-BIN=$VMT_BUILD/examples
-FIGURES=/run/vmjob/figures
-
-# figure SCENARIO KEY=VALUE...: one row of RESULTS.md.
-figure() {
-    local IFS=' '
-    printf '%s\t%s\n' "$1" "${*:2}" >>"$FIGURES"
-    echo "figures: ${*:2}"
-}
-
-# progress I N WHAT: a line every tenth of the cycles, in the test's log and
-# on the console, which the host shows (its "vmtest: " lines).
-progress() {
-    local step=$(($2 / 10)) line
-    [ "$step" -gt 0 ] || step=1
-    [ $(($1 % step)) = 0 ] || return 0
-    line="  $3: cycle $1/$2 ($(date +%T))"
-    echo "$line"
-    echo "vmtest: $line" >/dev/console 2>/dev/null
-    return 0
-}
-
-# stest NAME FUNC SECS: register a scenario unless VMT_SOAK_ONLY leaves it out.
-stest() {
-    # shellcheck disable=SC2053
-    [[ "$1" == ${VMT_SOAK_ONLY:-*} ]] && vm_test "$@"
-}
-
-# complaints: kernel log lines that would fail a test, so far.
-complaints() { dmesg | grep -cE 'WARNING:|BUG:|Oops|blocked for more than|general protection' || true; }
-
-# serving LOG: wait until the example daemon writing LOG serves.
-serving() { wait_for 60 grep -q 'serving' "$1"; }
+source "$DEV_ROOT/tests/soak/lib.bash"
 
 # SIGKILL dmuser-file while a writer fsyncs, restart it with --attach; at the
 # end every acknowledged write must read back.
@@ -128,23 +92,10 @@ t_remove_under_load() {
 t_suspend_storm() {
     need_cmd fio "$BIN/dmuser-ramdisk"
     "$BIN/dmuser-ramdisk" --name ss --size 64M --threads 2 >/tmp/ss.log 2>&1 &
-    local pid=$! i flags start ms worst=0 runs=0 bad=0
+    local pid=$! i flags start ms worst=0 runs bad
     echo "ss" >>"$VMT_DEVICES_FILE"
     serving /tmp/ss.log || fail "dmuser-ramdisk did not start: $(tail -n 3 /tmp/ss.log)"
-    rm -f /tmp/ss.stop /tmp/ss.runs
-    (
-        while [ ! -f /tmp/ss.stop ]; do
-            if fio --name=ss --filename=/dev/mapper/ss --rw=randwrite --bs=16k --iodepth=16 \
-                --ioengine=libaio --direct=1 --size=32M --verify=crc32c --verify_fatal=1 \
-                --do_verify=1 --randrepeat=0 >/tmp/ss.fio 2>&1; then
-                echo ok >>/tmp/ss.runs
-            else
-                echo bad >>/tmp/ss.runs
-                cp /tmp/ss.fio "/tmp/ss.fio.bad.$(wc -l </tmp/ss.runs)"
-            fi
-        done
-    ) &
-    local loop=$!
+    verify_loop ss /tmp/ss
     for i in $(seq "$CYCLES"); do
         flags=--noflush
         [ $((i % 2)) = 0 ] && flags=
@@ -155,10 +106,8 @@ t_suspend_storm() {
         dmsetup resume ss || fail "cycle $i: resume"
         progress "$i" "$CYCLES" suspend-storm
     done
-    touch /tmp/ss.stop
-    wait "$loop"
-    runs=$(grep -c . /tmp/ss.runs)
-    bad=$(grep -c bad /tmp/ss.runs || true)
+    verify_loop_end /tmp/ss
+    runs=$VERIFY_RUNS bad=$VERIFY_BAD
     kill -TERM "$pid"
     wait "$pid"
     figure suspend-storm "cycles=$CYCLES" "fio_verify_runs=$runs" "verify_errors=$bad" \
@@ -166,7 +115,45 @@ t_suspend_storm() {
     [ "$bad" = 0 ] || fail "$bad fio verify runs failed: $(grep -h -iE 'verify|error' /tmp/ss.fio.bad.* | head -n 3)"
 }
 
+# The protocol fuzzer (tests/protocol-fuzz.c) against a target that fio
+# keeps busy, one run of 100000 messages per ten cycles with seeds 1, 2, ...,
+# while fio verify loops on a second, well-served target.
+t_protocol_fuzz() {
+    local fuzz=$VMT_BUILD/tests/protocol-fuzz runs=$(((CYCLES + 9) / 10)) seed out least=""
+    need_cmd fio "$fuzz" "$BIN/dmuser-ramdisk"
+    dm_user_create fz 65536 fz-ctl || fail "create the fuzzed target"
+    fio --name=fz --filename=/dev/mapper/fz --rw=randrw --bsrange=4k-128k --iodepth=16 \
+        --ioengine=libaio --direct=1 --time_based --runtime=3600 --continue_on_error=all \
+        >/tmp/fz.fio 2>&1 &
+    local hostile=$!
+    "$BIN/dmuser-ramdisk" --name ok --size 64M --threads 2 >/tmp/ok.log 2>&1 &
+    local pid=$!
+    echo "ok" >>"$VMT_DEVICES_FILE"
+    serving /tmp/ok.log || fail "dmuser-ramdisk did not start: $(tail -n 3 /tmp/ok.log)"
+    verify_loop ok /tmp/ok
+    for seed in $(seq "$runs"); do
+        out=$(timeout 1800 "$fuzz" fz-ctl "$seed" 100000) || fail "seed $seed: the fuzzer failed ($?): $out"
+        echo "seed $seed: $out"
+        echo "vmtest:   protocol-fuzz: seed $seed: $out" >/dev/console 2>/dev/null
+        out=${out#messages=}
+        out=${out%% *}
+        [ -z "$least" ] || [ "$out" -lt "$least" ] && least=$out
+    done
+    kill -TERM "$hostile"
+    wait "$hostile"
+    dm_user_remove fz || fail "the fuzzed target cannot be removed"
+    local bad runs_ok
+    verify_loop_end /tmp/ok
+    bad=$VERIFY_BAD runs_ok=$VERIFY_RUNS
+    kill -TERM "$pid"
+    wait "$pid"
+    figure protocol-fuzz "fuzz_runs=$runs" "least_messages_per_run=$least" "healthy_verify_runs=$runs_ok" \
+        "healthy_verify_errors=$bad" "kernel_complaints=$(complaints)"
+    [ "$bad" = 0 ] || fail "fio verify failed $bad times on the healthy target"
+}
+
 stest kill-restart t_kill_restart 3000
 stest remove-under-load t_remove_under_load 3000
 stest suspend-storm t_suspend_storm 2400
+stest protocol-fuzz t_protocol_fuzz 5000
 vm_tests_run

@@ -215,14 +215,14 @@ t_no_polled_io() {
     need_cmd fio
     dm_user_create p2 65536 p2-ctl || fail "create"
     serve d p2-ctl --threads 2
-    local dm
-    dm=$(basename "$(readlink -f /dev/mapper/p2)")
-    [ "$(cat "/sys/block/$dm/queue/io_poll")" = 0 ] || fail "io_poll is $(cat "/sys/block/$dm/queue/io_poll")"
+    local poll
+    poll=/sys/dev/block/$(dmsetup info -c -o major,minor --noheadings --separator : p2)/queue/io_poll
+    [ "$(cat "$poll")" = 0 ] || fail "io_poll is '$(cat "$poll")'"
     run_bounded 60 fio --name=hipri --filename=/dev/mapper/p2 --ioengine=pvsync2 --hipri=1 \
         --rw=randread --bs=4k --size=1M --direct=1 --number_ios=64 >/tmp/hipri.out 2>&1 ||
         fail "64 RWF_HIPRI reads did not finish: $(tail -n 3 /tmp/hipri.out)"
     dmsetup reload p2 --table "$(dmsetup table p2)" && dmsetup resume p2 || fail "reload"
-    [ "$(cat "/sys/block/$dm/queue/io_poll")" = 0 ] || fail "io_poll after a reload: $(cat "/sys/block/$dm/queue/io_poll")"
+    [ "$(cat "$poll")" = 0 ] || fail "io_poll after a reload: '$(cat "$poll")'"
 }
 
 mtest part2-version t_version 120
