@@ -89,18 +89,16 @@ static int dmu_bio_type(const struct dmu_target *t, const struct bio *bio)
 }
 
 /*
- * The queue watchdog runs while requests are queued: with no channel open it
- * fails what waited longer than the daemon timeout; with channels open it
- * wakes every waiter if the oldest request has waited a second, in case the
- * one waiter dmu_wake_one() picked will never read (e.g. its io_uring read
- * was cancelled just after the wake-up).
+ * The no-daemon watchdog runs while requests are queued and no channel is
+ * open: it fails what waited longer than the daemon timeout. Nothing else
+ * depends on it: a queued request reaches a waiting reader by its wake-up.
+ * With t->lock held.
  */
 void dmu_arm_watchdog(struct dmu_target *t)
 {
-	unsigned long delay = t->nr_channels ? HZ :
-		msecs_to_jiffies(READ_ONCE(dm_user_daemon_timeout_msec));
+	unsigned long delay = msecs_to_jiffies(READ_ONCE(dm_user_daemon_timeout_msec));
 
-	if (!t->dead && !delayed_work_pending(&t->watchdog))
+	if (!t->dead && !t->nr_channels && !delayed_work_pending(&t->watchdog))
 		queue_delayed_work(system_wq, &t->watchdog, delay);
 }
 
@@ -112,22 +110,20 @@ static void dmu_watchdog_fn(struct work_struct *work)
 	struct dmu_batch b = { BIO_EMPTY_LIST, 0 };
 	struct dmu_request *req, *tmp;
 	unsigned long now = jiffies, next = 0;
-	bool rearm = false, sweep = false;
+	bool rearm = false;
 
-	spin_lock_irq(&t->lock);
-	if (t->dead || list_empty(&t->queue))
+	spin_lock(&t->lock);
+	/* A daemon attached meanwhile: it takes over what is queued. */
+	if (t->dead || t->nr_channels)
 		goto out;
-	if (t->nr_channels) {
-		req = list_first_entry(&t->queue, struct dmu_request, entry);
-		sweep = time_after_eq(now, req->queued_at + HZ);
-		queue_delayed_work(system_wq, &t->watchdog, HZ);
-		goto out;
-	}
 	list_for_each_entry_safe(req, tmp, &t->queue, entry) {
 		unsigned long since = time_after(t->orphaned_at, req->queued_at) ?
 				      t->orphaned_at : req->queued_at;
 
 		if (time_after_eq(now, since + tmo)) {
+			DMERR_LIMIT("%s: no daemon for %u ms: failing request seq %llu, sector %llu, %u bytes",
+				    t->name, jiffies_to_msecs(tmo), req->seq,
+				    req->sector, req->bio->bi_iter.bi_size);
 			dmu_finish(t, req, BLK_STS_IOERR, &b);
 		} else if (!rearm || time_before(since + tmo, next)) {
 			next = since + tmo;
@@ -138,10 +134,8 @@ static void dmu_watchdog_fn(struct work_struct *work)
 	if (rearm)
 		queue_delayed_work(system_wq, &t->watchdog, next - now);
 out:
-	spin_unlock_irq(&t->lock);
+	spin_unlock(&t->lock);
 	dmu_batch_end(t, &b);
-	if (sweep)
-		dmu_wake_all(t);
 }
 
 /* ---- The device-mapper target. ---- */
@@ -227,6 +221,7 @@ static int user_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	INIT_LIST_HEAD(&t->queue);
 	INIT_LIST_HEAD(&t->channels);
 	hash_init(t->held);
+	init_waitqueue_head(&t->wq);
 	init_waitqueue_head(&t->drain_wq);
 	INIT_DELAYED_WORK(&t->watchdog, dmu_watchdog_fn);
 	kref_init(&t->ref);
@@ -302,6 +297,16 @@ bad:
 	return r;
 }
 
+static bool dmu_drained(struct dmu_target *t)
+{
+	bool drained;
+
+	spin_lock(&t->lock);
+	drained = !t->nr_doomed;
+	spin_unlock(&t->lock);
+	return drained;
+}
+
 static void user_dtr(struct dm_target *ti)
 {
 	struct dmu_target *t = ti->private;
@@ -309,17 +314,17 @@ static void user_dtr(struct dm_target *ti)
 	struct dmu_request *req, *tmp;
 	struct dmu_channel *ch;
 
-	spin_lock_irq(&t->lock);
-	t->dead = true;
+	spin_lock(&t->lock);
+	WRITE_ONCE(t->dead, true);
 	list_for_each_entry_safe(req, tmp, &t->queue, entry)
 		dmu_finish(t, req, BLK_STS_IOERR, &b);
 	list_for_each_entry(ch, &t->channels, node)
 		list_for_each_entry_safe(req, tmp, &ch->held, entry)
 			dmu_finish(t, req, BLK_STS_IOERR, &b);
-	spin_unlock_irq(&t->lock);
+	spin_unlock(&t->lock);
 	dmu_batch_end(t, &b);
 
-	/* Blocked readers return -ENOTBLK; pollers see EPOLLIN. */
+	/* Blocked readers return -ENOTBLK; pollers see EPOLLERR | EPOLLHUP. */
 	dmu_wake_all(t);
 	misc_deregister(&t->misc);
 	mutex_lock(&dmu_names_lock);
@@ -328,9 +333,7 @@ static void user_dtr(struct dm_target *ti)
 	cancel_delayed_work_sync(&t->watchdog);
 
 	/* Copiers caught mid-copy end their bios; dm frees them after us. */
-	spin_lock_irq(&t->lock);
-	wait_event_lock_irq(t->drain_wq, !t->nr_doomed, t->lock);
-	spin_unlock_irq(&t->lock);
+	wait_event(t->drain_wq, dmu_drained(t));
 
 	kref_put(&t->ref, dmu_target_release);
 }
@@ -340,7 +343,6 @@ static int user_map(struct dm_target *ti, struct bio *bio)
 	struct dmu_target *t = ti->private;
 	struct dmu_request *req = dm_per_bio_data(bio, sizeof(*req));
 	int type = dmu_bio_type(t, bio);
-	unsigned long flags;
 
 	if (type < 0) {
 		bio->bi_status = BLK_STS_NOTSUPP;
@@ -366,13 +368,14 @@ static int user_map(struct dm_target *ti, struct bio *bio)
 	req->queued_at = jiffies;
 
 	/* Never sleeps: REQ_NOWAIT bios need no special path. */
-	spin_lock_irqsave(&t->lock, flags);
+	spin_lock(&t->lock);
 	req->seq = t->next_seq++;
 	list_add_tail(&req->entry, &t->queue);
 	t->nr_queued++;
 	dmu_arm_watchdog(t);
+	spin_unlock(&t->lock);
+	/* The target outlives its map calls: no reference needed. */
 	dmu_wake_one(t);
-	spin_unlock_irqrestore(&t->lock, flags);
 	return DM_MAPIO_SUBMITTED;
 }
 
@@ -387,13 +390,13 @@ static void user_status(struct dm_target *ti, status_type_t type,
 
 	switch (type) {
 	case STATUSTYPE_INFO:
-		spin_lock_irq(&t->lock);
+		spin_lock(&t->lock);
 		queued = t->nr_queued;
 		memcpy(inflight, t->nr_inflight, sizeof(inflight));
 		completed = t->completed;
 		errors = t->errors;
 		channels = t->nr_channels;
-		spin_unlock_irq(&t->lock);
+		spin_unlock(&t->lock);
 		DMEMIT("queued=%u inflight_read=%u inflight_write=%u inflight_other=%u completed=%llu errors=%llu channels=%u",
 		       queued, inflight[DMU_CLASS_READ], inflight[DMU_CLASS_WRITE],
 		       inflight[DMU_CLASS_OTHER], completed, errors, channels);
