@@ -68,7 +68,7 @@ void dmu_finish(struct dmu_target *t, struct dmu_request *req,
 	if (ch) {
 		t->nr_inflight[req->class]--;
 		if (ch->rd_req == req && !ch->rd_busy)
-			ch->rd_req = NULL;
+			WRITE_ONCE(ch->rd_req, NULL);
 		if (ch->wr.req == req) {
 			ch->wr.req = NULL;
 			ch->wr.hdr_len = 0;
@@ -110,81 +110,36 @@ static bool dmu_unbusy(struct dmu_request *req, struct dmu_batch *b)
 void dmu_batch_end(struct dmu_target *t, struct dmu_batch *b)
 {
 	struct bio *bio;
+	bool drained;
 
 	while ((bio = bio_list_pop(&b->bios)))
 		bio_endio(bio);
 	if (!b->doomed)
 		return;
-	spin_lock_irq(&t->lock);
+	spin_lock(&t->lock);
 	t->nr_doomed -= b->doomed;
-	if (!t->nr_doomed)
+	drained = !t->nr_doomed;
+	spin_unlock(&t->lock);
+	/* The destructor waits for this; our channel's reference keeps @t. */
+	if (drained)
 		wake_up_all(&t->drain_wq);
-	spin_unlock_irq(&t->lock);
 }
 
 /*
- * Wake waiters of @wq in turn until one takes the wake-up: a blocked reader,
- * or an io_uring read waiting by poll, which will retry. wake_up() would wake
- * every poller, and with many io_uring reads pending each request would cost
- * a failed retry of every one of them. Entries that do not report taking a
- * wake-up (epoll's) are all woken, as wake_up() would. The one that took it
- * moves to the back. True if a waiter took it.
- */
-static bool dmu_wake_one_on(wait_queue_head_t *wq)
-{
-	struct wait_queue_entry *curr, *next;
-	unsigned long flags;
-	bool taken = false;
-	int ret;
-
-	spin_lock_irqsave(&wq->lock, flags);
-	list_for_each_entry_safe(curr, next, &wq->head, entry) {
-		/* A wake_up_all() in progress parks a bookmark here. */
-		if (curr->flags & WQ_FLAG_BOOKMARK)
-			continue;
-		ret = curr->func(curr, TASK_NORMAL, 0,
-				 poll_to_key(EPOLLIN | EPOLLRDNORM));
-		if (ret) {
-			if (ret > 0 && !list_empty(&curr->entry))
-				list_move_tail(&curr->entry, &wq->head);
-			taken = true;
-			break;
-		}
-	}
-	spin_unlock_irqrestore(&wq->lock, flags);
-	return taken;
-}
-
-/*
- * A request was queued: offer it to the channels in turn, starting after the
- * one that took the last. Daemons give each thread channels of its own, so
- * requests spread over the threads instead of all waking the reads of the
- * first one while it is busy. With t->lock held.
+ * A request was queued: wake every poller and one blocked reader (readers
+ * wait exclusively), as a pipe does. With t->lock dropped.
  */
 void dmu_wake_one(struct dmu_target *t)
 {
-	struct dmu_channel *ch;
-	unsigned int n;
-
-	/* Pairs with set_current_state() in a reader's wait_event(). */
-	smp_mb();
-	for (n = t->nr_channels; n; n--) {
-		ch = list_first_entry(&t->channels, struct dmu_channel, node);
-		list_rotate_left(&t->channels);
-		if (waitqueue_active(&ch->wq) && dmu_wake_one_on(&ch->wq))
-			return;
-	}
+	/* Pairs with the barrier in a reader's prepare_to_wait(). */
+	if (wq_has_sleeper(&t->wq))
+		wake_up_interruptible_poll(&t->wq, EPOLLIN | EPOLLRDNORM);
 }
 
-/* Every waiter of every channel: the target died, or requests came back. */
+/* Every waiter: the target died, or several requests came back at once. */
 void dmu_wake_all(struct dmu_target *t)
 {
-	struct dmu_channel *ch;
-
-	spin_lock_irq(&t->lock);
-	list_for_each_entry(ch, &t->channels, node)
-		wake_up_all(&ch->wq);
-	spin_unlock_irq(&t->lock);
+	wake_up_all(&t->wq);
 }
 
 /* ---- Copying between bio pages and userspace, without t->lock. ---- */
@@ -261,13 +216,13 @@ static ssize_t dmu_read_iter(struct kiocb *iocb, struct iov_iter *to)
 	struct dmu_batch b = { BIO_EMPTY_LIST, 0 };
 	size_t count = iov_iter_count(to), off, want, n;
 	struct dmu_request *req;
-	bool in_slot;
+	bool in_slot, slept = false, pass_on;
 	ssize_t ret;
 
 	if (!count)
 		return 0;
 
-	spin_lock_irq(&t->lock);
+	spin_lock(&t->lock);
 	for (;;) {
 		if (ch->rd_req) {
 			/* The rest of a request comes before anything new. */
@@ -295,33 +250,42 @@ static ssize_t dmu_read_iter(struct kiocb *iocb, struct iov_iter *to)
 			ret = -EAGAIN;
 			goto out_unlock;
 		}
-		spin_unlock_irq(&t->lock);
-		ret = wait_event_interruptible_exclusive(ch->wq, dmu_readable(t, ch));
-		if (ret)
+		spin_unlock(&t->lock);
+		ret = wait_event_interruptible_exclusive(t->wq, dmu_readable(t, ch));
+		if (ret) {
+			/* A wake-up this reader took must not be lost. */
+			if (!list_empty(&t->queue))
+				dmu_wake_one(t);
 			return ret;
-		spin_lock_irq(&t->lock);
+		}
+		slept = true;
+		spin_lock(&t->lock);
 	}
 
 	want = min(count, DMU_HDR + dmu_request_payload(req) - off);
 	if (off + want < DMU_HDR + dmu_request_payload(req))
 		in_slot = true;	/* the rest waits for this channel's next read */
 	if (in_slot) {
-		ch->rd_req = req;
+		WRITE_ONCE(ch->rd_req, req);
 		ch->rd_off = off;
-		ch->rd_busy = true;
+		WRITE_ONCE(ch->rd_busy, true);
 	}
 	req->busy = true;
-	spin_unlock_irq(&t->lock);
+	/* Woken, but what we took was not from the queue, or more wait there. */
+	pass_on = slept && !list_empty(&t->queue);
+	spin_unlock(&t->lock);
+	if (pass_on)
+		dmu_wake_one(t);
 
 	n = dmu_copy_request(req, off, want, to);
 
-	spin_lock_irq(&t->lock);
+	spin_lock(&t->lock);
 	if (in_slot)
-		ch->rd_busy = false;
+		WRITE_ONCE(ch->rd_busy, false);
 	if (dmu_unbusy(req, &b)) {
 		/* The target went away meanwhile; the copy is worthless. */
 		if (ch->rd_req == req)
-			ch->rd_req = NULL;
+			WRITE_ONCE(ch->rd_req, NULL);
 		ret = -ENOTBLK;
 	} else if (n < want) {
 		/* The daemon's buffer faulted: its request fails, nothing else. */
@@ -330,14 +294,14 @@ static ssize_t dmu_read_iter(struct kiocb *iocb, struct iov_iter *to)
 	} else {
 		if (in_slot) {
 			if (off + n == DMU_HDR + dmu_request_payload(req))
-				ch->rd_req = NULL;
+				WRITE_ONCE(ch->rd_req, NULL);
 			else
 				ch->rd_off = off + n;
 		}
 		ret = n;
 	}
 out_unlock:
-	spin_unlock_irq(&t->lock);
+	spin_unlock(&t->lock);
 	dmu_batch_end(t, &b);
 	return ret;
 }
@@ -358,8 +322,8 @@ static int dmu_take_response(struct dmu_target *t, struct dmu_channel *ch,
 		return -EINVAL;
 	if (req->busy)
 		return -EBUSY;	/* another read() of this channel is copying it */
-	if (ch->rd_req == req)
-		ch->rd_req = NULL;	/* answered before fully read: drop the rest */
+	if (ch->rd_req == req)	/* answered before fully read: drop the rest */
+		WRITE_ONCE(ch->rd_req, NULL);
 
 	switch (w->hdr.type) {
 	case DM_USER_RESP_SUCCESS:
@@ -404,9 +368,9 @@ static ssize_t dmu_write_iter(struct kiocb *iocb, struct iov_iter *from)
 	bool own_slot = false;
 	int err = 0;
 
-	spin_lock_irq(&t->lock);
+	spin_lock(&t->lock);
 	if (ch->wr_busy) {
-		spin_unlock_irq(&t->lock);
+		spin_unlock(&t->lock);
 		return -EBUSY;
 	}
 	if (ch->wr.hdr_len || ch->wr.req) {
@@ -418,7 +382,7 @@ static ssize_t dmu_write_iter(struct kiocb *iocb, struct iov_iter *from)
 		if (w.req)
 			w.req->busy = true;
 	}
-	spin_unlock_irq(&t->lock);
+	spin_unlock(&t->lock);
 
 	while (iov_iter_count(from)) {
 		size_t left = iov_iter_count(from), want, n;
@@ -434,9 +398,9 @@ static ssize_t dmu_write_iter(struct kiocb *iocb, struct iov_iter *from)
 			if (w.hdr_len < DMU_HDR)
 				break;
 			w.hdr_len = 0;
-			spin_lock_irq(&t->lock);
+			spin_lock(&t->lock);
 			err = dmu_take_response(t, ch, &w, &b);
-			spin_unlock_irq(&t->lock);
+			spin_unlock(&t->lock);
 			dmu_batch_end(t, &b);
 			if (err)
 				break;
@@ -453,15 +417,15 @@ static ssize_t dmu_write_iter(struct kiocb *iocb, struct iov_iter *from)
 			break;
 		}
 		if (n == want) {
-			spin_lock_irq(&t->lock);
+			spin_lock(&t->lock);
 			dmu_drop_payload(t, &w, BLK_STS_OK, &b);
-			spin_unlock_irq(&t->lock);
+			spin_unlock(&t->lock);
 			dmu_batch_end(t, &b);
 			accepted = total - iov_iter_count(from);
 		}
 	}
 
-	spin_lock_irq(&t->lock);
+	spin_lock(&t->lock);
 	if (err) {
 		if (w.req)
 			dmu_drop_payload(t, &w, BLK_STS_IOERR, &b);
@@ -482,7 +446,7 @@ static ssize_t dmu_write_iter(struct kiocb *iocb, struct iov_iter *from)
 	}
 	if (own_slot)
 		ch->wr_busy = false;
-	spin_unlock_irq(&t->lock);
+	spin_unlock(&t->lock);
 	dmu_batch_end(t, &b);
 
 	if (err && !accepted)
@@ -496,11 +460,12 @@ static __poll_t dmu_poll(struct file *file, poll_table *wait)
 	struct dmu_target *t = ch->t;
 	__poll_t mask = EPOLLOUT | EPOLLWRNORM;
 
-	poll_wait(file, &ch->wq, wait);
-	spin_lock_irq(&t->lock);
+	poll_wait(file, &t->wq, wait);
+	/* As fuse does: the daemon's cue to exit (read gives ENOTBLK). */
+	if (READ_ONCE(t->dead))
+		return EPOLLERR | EPOLLHUP;
 	if (dmu_readable(t, ch))
 		mask |= EPOLLIN | EPOLLRDNORM;
-	spin_unlock_irq(&t->lock);
 	return mask;
 }
 
@@ -531,9 +496,9 @@ static long dmu_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 			return -EFAULT;
 		if (flags & ~(u64)DMU_CHANNEL_FLAGS)
 			return -EINVAL;
-		spin_lock_irq(&t->lock);
+		spin_lock(&t->lock);
 		ch->flags = flags;
-		spin_unlock_irq(&t->lock);
+		spin_unlock(&t->lock);
 		return 0;
 	}
 	default:
@@ -553,18 +518,17 @@ static int dmu_open(struct inode *inode, struct file *file)
 		return -ENOMEM;
 	ch->t = t;
 	INIT_LIST_HEAD(&ch->held);
-	init_waitqueue_head(&ch->wq);
 
-	spin_lock_irq(&t->lock);
+	spin_lock(&t->lock);
 	if (t->dead) {
 		/* Opened just as the last table went away. */
-		spin_unlock_irq(&t->lock);
+		spin_unlock(&t->lock);
 		kfree(ch);
 		return -ENODEV;
 	}
 	list_add_tail(&ch->node, &t->channels);
 	t->nr_channels++;
-	spin_unlock_irq(&t->lock);
+	spin_unlock(&t->lock);
 	get_device(&t->dev);
 
 	file->private_data = ch;
@@ -603,14 +567,13 @@ static int dmu_release(struct inode *inode, struct file *file)
 	struct dmu_batch b = { BIO_EMPTY_LIST, 0 };
 	struct dmu_request *req, *tmp;
 	unsigned int requeued = 0;
-	bool queued;
 	LIST_HEAD(back);
 
 	/* No read() or write() of this file runs any more: nothing is busy. */
-	spin_lock_irq(&t->lock);
+	spin_lock(&t->lock);
 	list_del(&ch->node);
 	t->nr_channels--;
-	ch->rd_req = NULL;
+	WRITE_ONCE(ch->rd_req, NULL);
 	ch->wr.req = NULL;
 	list_for_each_entry_safe(req, tmp, &ch->held, entry) {
 		if (!(ch->flags & DM_USER_CHANNEL_REQUEUE_ON_CLOSE)) {
@@ -634,12 +597,10 @@ static int dmu_release(struct inode *inode, struct file *file)
 		t->orphaned_at = jiffies;
 	if (!list_empty(&t->queue))
 		dmu_arm_watchdog(t);
-	queued = !list_empty(&t->queue);
-	spin_unlock_irq(&t->lock);
+	spin_unlock(&t->lock);
 
 	dmu_batch_end(t, &b);
-	/* Requeued requests, or a wake-up this channel took and never used. */
-	if (queued)
+	if (requeued)
 		dmu_wake_all(t);
 	kfree(ch);
 	put_device(&t->dev);

@@ -21,17 +21,32 @@
  * (the destructor, an abort, request_timeout) marks it doomed instead, and
  * the copier ends the bio when it is done. The destructor waits for those.
  *
- * Locking: t->lock (a spinlock, irq-safe because map may run with interrupts
- * disabled) protects every field of the target, its channels and its
- * requests. Nothing sleeps or ends a bio while holding it. Lock order:
+ * Locking: t->lock (a spinlock) protects every field of the target, its
+ * channels and its requests. Nothing sleeps, ends a bio or wakes a wait
+ * queue while holding it. It is not irq-safe, because no path takes it in
+ * interrupt or softirq context:
+ *   - map runs in process context that may sleep: in 6.1 dm core calls it
+ *     from dm_submit_bio() (submit_bio_noacct) or from its own workqueues
+ *     (dm_wq_work, dm_wq_requeue_work), always after alloc_io()/alloc_tio()
+ *     allocated the clone with GFP_NOIO from a mempool, which may sleep,
+ *     and __map_bio() may down() the swap semaphore just before calling it;
+ *   - bios are ended with the lock dropped, and the target has no end_io,
+ *     so completions (possibly in irq context) never come back to it;
+ *   - the watchdog is a work item; its timer only queues it;
+ *   - read, write, poll, ioctl, open, release, ctr, dtr and status run in
+ *     process context.
+ * Lock order:
  *
  *   dmu_names_lock -> the driver core and devtmpfs (cdev_device_add/del)
  *   t->lock -> timer and workqueue internals (queue_delayed_work)
- *   t->lock -> ch->wq.lock -> what waiters' wake functions take (the
- *              scheduler, io_uring's poll, epoll), as in fuse's dev.c
  *
- * Readers and pollers wait on their channel's own queue, so that a new
- * request can be offered to the channels in turn (dmu_wake_one()).
+ * t->wq and t->drain_wq are woken with t->lock dropped, so
+ * their locks nest under nothing of ours. Waking is the kernel's own: a
+ * blocked read() waits exclusively on t->wq, pollers (poll, select, epoll,
+ * aio and io_uring poll) wait on it non-exclusively, and a new request does
+ * wake_up_interruptible_poll(EPOLLIN): every poller and one reader, as on a
+ * pipe. A reader that was woken but leaves a request queued (a signal, or
+ * the rest of its own half-read request came first) passes the wake-up on.
  */
 #ifndef DM_USER_INTERNAL_H
 #define DM_USER_INTERNAL_H
@@ -94,13 +109,12 @@ struct dmu_channel {
 	bool rd_busy;			/* a read() is copying rd_req */
 	bool wr_busy;			/* a write() took over @wr */
 	struct dmu_partial_response wr;
-	wait_queue_head_t wq;		/* its readers (exclusive) and pollers */
 };
 
 /*
  * A control device and its requests. Usually one table line owns it; while a
  * reload with the same control name is pending, the live and the inactive
- * table share it (@nr_tables), and the channels stay open across the swap.
+ * table share it (@tables), and the channels stay open across the swap.
  */
 struct dmu_target {
 	spinlock_t lock;		/* everything below; see the top */
@@ -126,6 +140,7 @@ struct dmu_target {
 	unsigned int max_payload;
 	unsigned int request_timeout;	/* ms; 0: requests wait for ever */
 
+	wait_queue_head_t wq;		/* readers (exclusive) and pollers */
 	wait_queue_head_t drain_wq;	/* the destructor, for nr_doomed */
 	struct delayed_work watchdog;	/* see dmu_arm_watchdog() */
 

@@ -105,20 +105,21 @@ static void dmu_deadline_add(struct dmu_deadline *d, unsigned long at)
 }
 
 /*
- * The watchdog runs while it has a deadline to keep: with no channel open,
- * queued requests fail once they waited longer than the daemon timeout; with
- * request_timeout set, any request unanswered that long is ended; with
- * channels open, it wakes every waiter if the oldest request has waited a
- * second, in case the one waiter dmu_wake_one() picked will never read
- * (e.g. its io_uring read was cancelled just after the wake-up).
+ * The watchdog keeps two deadlines, and runs only while it has one: with no
+ * channel open, queued requests fail once they waited longer than the daemon
+ * timeout; with request_timeout set, any request unanswered that long is
+ * ended. Nothing else depends on it: a queued request reaches a waiting
+ * reader by its wake-up. With t->lock held.
  */
 void dmu_arm_watchdog(struct dmu_target *t)
 {
-	unsigned long delay = t->nr_channels ? HZ :
-		msecs_to_jiffies(READ_ONCE(dm_user_daemon_timeout_msec));
+	unsigned long delay = msecs_to_jiffies(READ_ONCE(dm_user_daemon_timeout_msec));
 
 	if (t->request_timeout)
-		delay = min(delay, msecs_to_jiffies(t->request_timeout));
+		delay = t->nr_channels ? msecs_to_jiffies(t->request_timeout) :
+			min(delay, msecs_to_jiffies(t->request_timeout));
+	else if (t->nr_channels)
+		return;
 	if (!t->dead && !delayed_work_pending(&t->watchdog))
 		queue_delayed_work(system_wq, &t->watchdog, delay);
 }
@@ -160,9 +161,8 @@ static void dmu_watchdog_fn(struct work_struct *work)
 	struct dmu_request *req, *tmp;
 	struct dmu_channel *ch;
 	unsigned long now = jiffies;
-	bool sweep = false;
 
-	spin_lock_irq(&t->lock);
+	spin_lock(&t->lock);
 	if (t->dead)
 		goto out;
 	if (t->request_timeout) {
@@ -170,32 +170,29 @@ static void dmu_watchdog_fn(struct work_struct *work)
 		list_for_each_entry(ch, &t->channels, node)
 			dmu_expire_list(t, &ch->held, now, &next, &b);
 	}
-	if (list_empty(&t->queue))
+	/* With a daemon attached, it takes over what is queued. */
+	if (t->nr_channels)
 		goto rearm;
-	if (t->nr_channels) {
-		req = list_first_entry(&t->queue, struct dmu_request, entry);
-		sweep = time_after_eq(now, req->queued_at + HZ);
-		dmu_deadline_add(&next, now + HZ);
-		goto rearm;
-	}
 	list_for_each_entry_safe(req, tmp, &t->queue, entry) {
 		unsigned long since = time_after(t->orphaned_at, req->queued_at) ?
 				      t->orphaned_at : req->queued_at;
 
-		if (time_after_eq(now, since + tmo))
+		if (time_after_eq(now, since + tmo)) {
+			DMERR_LIMIT("%s: no daemon for %u ms: failing request seq %llu, sector %llu, %u bytes",
+				    t->name, jiffies_to_msecs(tmo), req->seq,
+				    req->sector, req->bio->bi_iter.bi_size);
 			dmu_finish(t, req, BLK_STS_IOERR, &b);
-		else
+		} else {
 			dmu_deadline_add(&next, since + tmo);
+		}
 	}
 rearm:
 	/* Every deadline kept is after now, so the delay cannot wrap. */
 	if (next.set)
 		queue_delayed_work(system_wq, &t->watchdog, next.at - now);
 out:
-	spin_unlock_irq(&t->lock);
+	spin_unlock(&t->lock);
 	dmu_batch_end(t, &b);
-	if (sweep)
-		dmu_wake_all(t);
 }
 
 /* Fail or push back everything queued, and with @held what is held too. */
@@ -207,7 +204,7 @@ static unsigned int dmu_end_all(struct dmu_target *t, bool held,
 	struct dmu_channel *ch;
 	unsigned int n = 0;
 
-	spin_lock_irq(&t->lock);
+	spin_lock(&t->lock);
 	list_for_each_entry_safe(req, tmp, &t->queue, entry) {
 		dmu_finish(t, req, status, &b);
 		n++;
@@ -220,7 +217,7 @@ static unsigned int dmu_end_all(struct dmu_target *t, bool held,
 			}
 		}
 	}
-	spin_unlock_irq(&t->lock);
+	spin_unlock(&t->lock);
 	dmu_batch_end(t, &b);
 	return n;
 }
@@ -316,14 +313,14 @@ static struct dmu_target *dmu_find_name(const char *name)
 /* The live table's view of the device, for GET_INFO and the watchdog. */
 static void dmu_apply_table(struct dmu_target *t, const struct dmu_table *tt)
 {
-	spin_lock_irq(&t->lock);
+	spin_lock(&t->lock);
 	t->len = tt->len;
 	t->ops = tt->ops;
 	t->max_payload = tt->max_payload;
 	t->request_timeout = tt->request_timeout;
 	if (!list_empty(&t->queue) || t->request_timeout)
 		dmu_arm_watchdog(t);
-	spin_unlock_irq(&t->lock);
+	spin_unlock(&t->lock);
 }
 
 /* A new control device for @tt, registered. With dmu_names_lock held. */
@@ -342,6 +339,7 @@ static struct dmu_target *dmu_target_create(struct dmu_table *tt,
 	INIT_LIST_HEAD(&t->channels);
 	INIT_LIST_HEAD(&t->tables);
 	hash_init(t->held);
+	init_waitqueue_head(&t->wq);
 	init_waitqueue_head(&t->drain_wq);
 	INIT_DELAYED_WORK(&t->watchdog, dmu_watchdog_fn);
 	t->orphaned_at = jiffies;
@@ -460,15 +458,25 @@ bad:
 	return r;
 }
 
+static bool dmu_drained(struct dmu_target *t)
+{
+	bool drained;
+
+	spin_lock(&t->lock);
+	drained = !t->nr_doomed;
+	spin_unlock(&t->lock);
+	return drained;
+}
+
 /* The last table is gone: fail everything, remove the control device. */
 static void dmu_target_destroy(struct dmu_target *t)
 {
-	spin_lock_irq(&t->lock);
-	t->dead = true;
-	spin_unlock_irq(&t->lock);
+	spin_lock(&t->lock);
+	WRITE_ONCE(t->dead, true);
+	spin_unlock(&t->lock);
 	dmu_end_all(t, true, BLK_STS_IOERR);
 
-	/* Blocked readers return -ENOTBLK; pollers see EPOLLIN. */
+	/* Blocked readers return -ENOTBLK; pollers see EPOLLERR | EPOLLHUP. */
 	dmu_wake_all(t);
 	dmu_control_unregister(t);
 	mutex_lock(&dmu_names_lock);
@@ -477,9 +485,7 @@ static void dmu_target_destroy(struct dmu_target *t)
 	cancel_delayed_work_sync(&t->watchdog);
 
 	/* Copiers caught mid-copy end their bios; dm frees them after us. */
-	spin_lock_irq(&t->lock);
-	wait_event_lock_irq(t->drain_wq, !t->nr_doomed, t->lock);
-	spin_unlock_irq(&t->lock);
+	wait_event(t->drain_wq, dmu_drained(t));
 }
 
 static void user_dtr(struct dm_target *ti)
@@ -505,7 +511,6 @@ static int user_map(struct dm_target *ti, struct bio *bio)
 	struct dmu_target *t = tt->t;
 	struct dmu_request *req = dm_per_bio_data(bio, sizeof(*req));
 	int type = dmu_bio_type(tt->ops, bio);
-	unsigned long flags;
 
 	if (type < 0) {
 		bio->bi_status = BLK_STS_NOTSUPP;
@@ -542,13 +547,14 @@ static int user_map(struct dm_target *ti, struct bio *bio)
 	req->queued_at = jiffies;
 
 	/* Never sleeps: REQ_NOWAIT bios need no special path. */
-	spin_lock_irqsave(&t->lock, flags);
+	spin_lock(&t->lock);
 	req->seq = t->next_seq++;
 	list_add_tail(&req->entry, &t->queue);
 	t->nr_queued++;
 	dmu_arm_watchdog(t);
+	spin_unlock(&t->lock);
+	/* The target outlives its map calls: no reference needed. */
 	dmu_wake_one(t);
-	spin_unlock_irqrestore(&t->lock, flags);
 	return DM_MAPIO_SUBMITTED;
 }
 
@@ -565,9 +571,9 @@ static void user_presuspend(struct dm_target *ti)
 
 	if (!dm_noflush_suspending(ti))
 		return;
-	spin_lock_irq(&t->lock);
+	spin_lock(&t->lock);
 	t->noflush_suspending = true;
-	spin_unlock_irq(&t->lock);
+	spin_unlock(&t->lock);
 	dmu_end_all(t, false, BLK_STS_DM_REQUEUE);
 }
 
@@ -577,9 +583,9 @@ static void user_postsuspend(struct dm_target *ti)
 	struct dmu_table *tt = ti->private;
 	struct dmu_target *t = tt->t;
 
-	spin_lock_irq(&t->lock);
+	spin_lock(&t->lock);
 	t->noflush_suspending = false;
-	spin_unlock_irq(&t->lock);
+	spin_unlock(&t->lock);
 }
 
 /*
@@ -607,7 +613,7 @@ static unsigned int dmu_emit_counters(struct dmu_target *t, char *result,
 	unsigned int sz = 0, queued, inflight[DMU_NR_CLASSES], channels;
 	u64 completed, errors, requeued, timed_out;
 
-	spin_lock_irq(&t->lock);
+	spin_lock(&t->lock);
 	queued = t->nr_queued;
 	memcpy(inflight, t->nr_inflight, sizeof(inflight));
 	completed = t->completed;
@@ -615,7 +621,7 @@ static unsigned int dmu_emit_counters(struct dmu_target *t, char *result,
 	channels = t->nr_channels;
 	requeued = t->requeued;
 	timed_out = t->timed_out;
-	spin_unlock_irq(&t->lock);
+	spin_unlock(&t->lock);
 	DMEMIT("queued=%u inflight_read=%u inflight_write=%u inflight_other=%u completed=%llu errors=%llu channels=%u requeued=%llu timed_out=%llu",
 	       queued, inflight[DMU_CLASS_READ], inflight[DMU_CLASS_WRITE],
 	       inflight[DMU_CLASS_OTHER], completed, errors, channels,
@@ -652,9 +658,9 @@ static int user_message(struct dm_target *ti, unsigned int argc, char **argv,
 			       DMU_MAX_REQUEST_TIMEOUT);
 			return -EINVAL;
 		}
-		spin_lock_irq(&t->lock);
+		spin_lock(&t->lock);
 		t->request_timeout = n;
-		spin_unlock_irq(&t->lock);
+		spin_unlock(&t->lock);
 		/* Check what is waiting now; the watchdog rearms itself. */
 		mod_delayed_work(system_wq, &t->watchdog, 0);
 		return 0;
