@@ -13,16 +13,19 @@
  *     payload, in pieces, twice, on another channel, or random bytes;
  *   - waits by poll(), by epoll (level, edge, EPOLLONESHOT, EPOLLEXCLUSIVE),
  *     by aio IOCB_CMD_POLL (left armed, cancelled, or reaped) and by
- *     io_uring poll;
+ *     io_uring poll (both cancelled before their channel closes: an armed
+ *     poll keeps the file open, and the requests it holds with it);
  *   - ioctls with random numbers of the module's magic and random arguments
  *     (none, bad pointers, random bytes), and hand-over flags;
  *   - closing a channel and opening it again.
  *
  * One more thread reads with blocking reads on a channel of its own and
- * answers correctly, so blocked readers are in the mix. The steps of the main
+ * answers correctly, one request each time a step tells it to, so blocked
+ * readers are in the mix without taking every request. The steps of the main
  * thread depend on SEED only (what the kernel has queued varies): a failing
- * seed is the place to start. Prints "messages=N steps=N errors=N" and exits
- * 0; what it checks is that the kernel survives (the soak's log check).
+ * seed is the place to start. Stops after MESSAGES messages or 50 x MESSAGES
+ * steps, prints "messages=N steps=N requests=N errors=N" and exits 0; what
+ * it checks is that the kernel survives (the soak's log check).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -62,18 +65,21 @@ struct channel {
 	struct held held[MAX_HELD];
 	unsigned int nheld;
 	bool uring_poll;		/* an io_uring poll is armed */
+	struct iocb aio_cb;		/* an aio poll, while aio_armed */
+	bool aio_armed;
 };
 
 static const char *ctl_path;
 static struct channel ch[MAX_CHANNELS];
 static unsigned int nch;
 static uint64_t rng_state;
-static unsigned long messages, steps, errors;
+static unsigned long messages, steps, errors, reads, taken;
 static uint8_t *out;			/* a response being built */
 static void *bad_ptr;			/* an unmapped page */
 static aio_context_t aio;
 static struct io_uring ring;
 static volatile bool stopping;
+static int reader_tokens[2];		/* a byte: the good reader takes one */
 
 static uint64_t rnd(void)
 {
@@ -117,6 +123,7 @@ static void take(struct channel *c, size_t n)
 	c->have += n;
 	if (c->have < HDR || c->have < message_size(m))
 		return;
+	taken++;
 	if (c->nheld < MAX_HELD)
 		c->held[c->nheld++] = (struct held){ m->seq, (uint32_t)m->type, m->len };
 	c->have = 0;
@@ -130,8 +137,10 @@ static void step_read(struct channel *c)
 	if (want > BUF - c->have)
 		want = BUF - c->have;
 	n = read(c->fd, c->msg + c->have, want);
-	if (n > 0)
+	if (n > 0) {
+		reads++;
 		take(c, n);
+	}
 	else if (n < 0 && errno != EAGAIN)
 		errors++;
 }
@@ -230,21 +239,34 @@ static void step_epoll(struct channel *c)
 	close(ep);
 }
 
-/* aio polls are left armed at random; the module must cope with the wake. */
+static void reap_aio(long min)
+{
+	struct io_event ev[16];
+	struct timespec limit = { 1, 0 };
+	long n, i;
+
+	n = syscall(SYS_io_getevents, aio, min, 16, ev, &limit);
+	for (i = 0; i < n; i++)
+		((struct channel *)(uintptr_t)ev[i].data)->aio_armed = false;
+}
+
+/* An aio poll stays armed until a request comes, or is cancelled at random. */
 static void step_aio(struct channel *c)
 {
-	struct iocb cb = { .aio_fildes = c->fd, .aio_lio_opcode = IOCB_CMD_POLL,
-			   .aio_buf = POLLIN };
-	struct iocb *cbs[1] = { &cb };
-	struct io_event ev[16];
-	struct timespec none = { 0, 0 };
+	struct iocb *cbs[1] = { &c->aio_cb };
+	struct io_event ev;
 
-	if (syscall(SYS_io_submit, aio, 1, cbs) != 1)
-		errors++;
-	else if (below(3) == 0 && syscall(SYS_io_cancel, aio, &cb, &ev[0]) < 0 &&
-		 errno != EINPROGRESS && errno != EINVAL)
-		errors++;
-	syscall(SYS_io_getevents, aio, 0, 16, ev, &none);
+	if (!c->aio_armed) {
+		c->aio_cb = (struct iocb){ .aio_fildes = c->fd, .aio_lio_opcode = IOCB_CMD_POLL,
+					   .aio_buf = POLLIN, .aio_data = (uintptr_t)c };
+		if (syscall(SYS_io_submit, aio, 1, cbs) == 1)
+			c->aio_armed = true;
+		else
+			errors++;
+	} else if (below(3) == 0) {
+		syscall(SYS_io_cancel, aio, &c->aio_cb, &ev);
+	}
+	reap_aio(0);
 }
 
 static void step_uring(struct channel *c)
@@ -297,9 +319,45 @@ static void step_ioctl(struct channel *c)
 		errors++;
 }
 
+static void step_good_read(struct channel *c)
+{
+	(void)c;
+	if (write(reader_tokens[1], "t", 1) != 1)
+		errors++;
+}
+
+/*
+ * Disarm @c's polls: an armed one holds the file, and with it the requests
+ * the channel holds, until a request comes, which those requests may block.
+ */
+static void disarm(struct channel *c)
+{
+	struct io_uring_sqe *sqe;
+	struct io_uring_cqe *cqe;
+	struct io_event ev;
+
+	if (c->aio_armed)
+		syscall(SYS_io_cancel, aio, &c->aio_cb, &ev);
+	while (c->aio_armed)
+		reap_aio(1);
+	if (c->uring_poll && (sqe = io_uring_get_sqe(&ring))) {
+		io_uring_prep_poll_remove(sqe, (uint64_t)(uintptr_t)c);
+		io_uring_sqe_set_data(sqe, NULL);
+		io_uring_submit(&ring);
+	}
+	while (c->uring_poll && io_uring_wait_cqe(&ring, &cqe) == 0) {
+		struct channel *done = io_uring_cqe_get_data(cqe);
+
+		if (done)
+			done->uring_poll = false;
+		io_uring_cqe_seen(&ring, cqe);
+	}
+}
+
 static void step_reopen(struct channel *c)
 {
-	close(c->fd);			/* armed aio and io_uring polls keep the file */
+	disarm(c);
+	close(c->fd);
 	c->fd = open_channel();
 	c->have = 0;
 	c->nheld = 0;
@@ -316,8 +374,13 @@ static void *good_reader(void *arg)
 	if (!buf || fd < 0)
 		die("good reader");
 	while (!stopping) {
-		ssize_t n = read(fd, buf, BUF);
+		ssize_t n;
 		size_t len = HDR;
+		char token;
+
+		if (read(reader_tokens[0], &token, 1) != 1)
+			break;
+		n = read(fd, buf, BUF);
 
 		if (n < (ssize_t)HDR)
 			break;		/* ENOTBLK, a signal, or the end */
@@ -340,7 +403,7 @@ int main(int argc, char **argv)
 	void (*const actions[])(struct channel *) = {
 		step_read, step_read, step_read, step_respond, step_respond,
 		step_respond, step_poll, step_epoll, step_aio, step_uring,
-		step_ioctl,
+		step_ioctl, step_good_read,
 	};
 	unsigned long target;
 	pthread_t reader;
@@ -368,9 +431,12 @@ int main(int argc, char **argv)
 		if (!ch[i].msg)
 			die("malloc");
 	}
-	if (pthread_create(&reader, NULL, good_reader, NULL))
+	if (pipe2(reader_tokens, O_CLOEXEC | O_NONBLOCK) ||
+	    fcntl(reader_tokens[0], F_SETFL, 0) ||
+	    pthread_create(&reader, NULL, good_reader, NULL))
 		die("pthread_create");
-	while (messages < target) {
+	/* Bounded in steps too: a kernel that stops handing out requests ends it. */
+	while (messages < target && steps < 50 * target) {
 		struct channel *c = &ch[below(nch)];
 
 		steps++;
@@ -379,15 +445,18 @@ int main(int argc, char **argv)
 		else
 			actions[below(sizeof(actions) / sizeof(actions[0]))](c);
 		if (steps % 100000 == 0)
-			fprintf(stderr, "protocol-fuzz: %lu messages, %lu steps\n", messages, steps);
+			fprintf(stderr, "protocol-fuzz: %lu messages, %lu steps, %lu reads, %lu requests, %lu errors\n",
+				messages, steps, reads, taken, errors);
 	}
 	stopping = true;
-	for (i = 0; i < nch; i++)
+	for (i = 0; i < nch; i++) {
+		disarm(&ch[i]);
 		close(ch[i].fd);
+	}
 	io_uring_queue_exit(&ring);
 	syscall(SYS_io_destroy, aio);
 	/* The good reader leaves read() when the device goes or its channel gets a request. */
 	pthread_detach(reader);
-	printf("messages=%lu steps=%lu errors=%lu\n", messages, steps, errors);
+	printf("messages=%lu steps=%lu requests=%lu errors=%lu\n", messages, steps, taken, errors);
 	return 0;
 }

@@ -122,25 +122,43 @@ t_protocol_fuzz() {
     local fuzz=$VMT_BUILD/tests/protocol-fuzz runs=$(((CYCLES + 9) / 10)) seed out least=""
     need_cmd fio "$fuzz" "$BIN/dmuser-ramdisk"
     dm_user_create fz 65536 fz-ctl || fail "create the fuzzed target"
-    fio --name=fz --filename=/dev/mapper/fz --rw=randrw --bsrange=4k-128k --iodepth=16 \
-        --ioengine=libaio --direct=1 --time_based --runtime=3600 --continue_on_error=all \
-        >/tmp/fz.fio 2>&1 &
+    # fio gives up on some errors whatever continue_on_error says: start it
+    # again, so requests keep coming while the fuzzer runs.
+    rm -f /tmp/fz.stop
+    (
+        while [ ! -f /tmp/fz.stop ]; do
+            fio --name=fz --filename=/dev/mapper/fz --rw=randrw --bsrange=4k-128k --iodepth=16 \
+                --ioengine=libaio --direct=1 --time_based --runtime=3600 --continue_on_error=all \
+                >/tmp/fz.fio 2>&1
+            echo "fio ended: $(grep -m1 -i 'error' /tmp/fz.fio)" >>/tmp/fz.restarts
+        done
+    ) &
     local hostile=$!
     "$BIN/dmuser-ramdisk" --name ok --size 64M --threads 2 >/tmp/ok.log 2>&1 &
     local pid=$!
     echo "ok" >>"$VMT_DEVICES_FILE"
     serving /tmp/ok.log || fail "dmuser-ramdisk did not start: $(tail -n 3 /tmp/ok.log)"
     verify_loop ok /tmp/ok
+    wait_for 60 bash -c "dmsetup status fz | grep -q 'queued=[1-9]'" || fail "fio queued nothing: $(tail -n 3 /tmp/fz.fio)"
+    (
+        while kill -0 "$hostile" 2>/dev/null; do
+            echo "vmtest:   fz: $(dmsetup status fz | cut -d' ' -f4-), fio restarts: $(grep -c . /tmp/fz.restarts 2>/dev/null)" >/dev/console
+            sleep 20
+        done
+    ) &
     for seed in $(seq "$runs"); do
-        out=$(timeout 1800 "$fuzz" fz-ctl "$seed" 100000) || fail "seed $seed: the fuzzer failed ($?): $out"
+        out=$(timeout 1800 "$fuzz" fz-ctl "$seed" 100000) || fail "seed $seed: the fuzzer failed ($?): $out; $(dmsetup status fz); fio: $(tail -n 3 /tmp/fz.fio)"
         echo "seed $seed: $out"
         echo "vmtest:   protocol-fuzz: seed $seed: $out" >/dev/console 2>/dev/null
         out=${out#messages=}
         out=${out%% *}
         [ -z "$least" ] || [ "$out" -lt "$least" ] && least=$out
     done
-    kill -TERM "$hostile"
+    dmsetup status fz
+    touch /tmp/fz.stop
+    pkill -TERM -f 'fio --name=fz'
     wait "$hostile"
+    echo "fio restarts: $(grep -c . /tmp/fz.restarts 2>/dev/null)"; head -n 3 /tmp/fz.restarts 2>/dev/null
     dm_user_remove fz || fail "the fuzzed target cannot be removed"
     local bad runs_ok
     verify_loop_end /tmp/ok
@@ -150,6 +168,7 @@ t_protocol_fuzz() {
     figure protocol-fuzz "fuzz_runs=$runs" "least_messages_per_run=$least" "healthy_verify_runs=$runs_ok" \
         "healthy_verify_errors=$bad" "kernel_complaints=$(complaints)"
     [ "$bad" = 0 ] || fail "fio verify failed $bad times on the healthy target"
+    [ "$least" -ge 100000 ] || fail "a run sent only $least messages (the kernel stopped handing out requests?)"
 }
 
 stest kill-restart t_kill_restart 3000

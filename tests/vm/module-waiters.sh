@@ -48,7 +48,7 @@ t_all_waiters() {
     need_cmd fio
     dm_user_create wt 131072 wt-ctl || fail "create"
     waiters w wt-ctl aio oneshot excl edge uring select block
-    wait_for 10 bash -c "dmsetup status wt | grep -q ' channels=7$'" || fail "channels: $(dmsetup status wt)"
+    wait_for 10 bash -c "dmsetup status wt | grep -Eq ' channels=7( |$)'" || fail "channels: $(dmsetup status wt)"
     fio_randrw wt 20
     local worst
     worst=$(worst_latency)
