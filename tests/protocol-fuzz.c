@@ -9,8 +9,9 @@
  * messages takes random steps, chosen by a generator seeded with SEED:
  *
  *   - reads of random sizes (the rest of a message comes with the next);
- *   - responses: right, or with a wrong seq, a wrong type, too little
- *     payload, in pieces, twice, on another channel, or random bytes;
+ *   - responses to requests read: right, or with a wrong seq, a wrong type,
+ *     too little payload, in pieces, twice, on another channel, or random
+ *     bytes; and messages for no request (random or nearby seqs);
  *   - waits by poll(), by epoll (level, edge, EPOLLONESHOT, EPOLLEXCLUSIVE),
  *     by aio IOCB_CMD_POLL (left armed, cancelled, or reaped) and by
  *     io_uring poll (both cancelled before their channel closes: an armed
@@ -34,6 +35,7 @@
 #include <linux/aio_abi.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -74,12 +76,14 @@ static struct channel ch[MAX_CHANNELS];
 static unsigned int nch;
 static uint64_t rng_state;
 static unsigned long messages, steps, errors, reads, taken;
+static uint64_t next_seq_guess;		/* near the seqs in flight */
 static uint8_t *out;			/* a response being built */
 static void *bad_ptr;			/* an unmapped page */
 static aio_context_t aio;
 static struct io_uring ring;
 static volatile bool stopping;
 static int reader_tokens[2];		/* a byte: the good reader takes one */
+static atomic_bool reader_has_token;	/* a token is in the pipe or being used */
 
 static uint64_t rnd(void)
 {
@@ -124,6 +128,7 @@ static void take(struct channel *c, size_t n)
 	if (c->have < HDR || c->have < message_size(m))
 		return;
 	taken++;
+	next_seq_guess = m->seq + 1;
 	if (c->nheld < MAX_HELD)
 		c->held[c->nheld++] = (struct held){ m->seq, (uint32_t)m->type, m->len };
 	c->have = 0;
@@ -168,8 +173,18 @@ static void step_respond(struct channel *c)
 	size_t len;
 	int fd = c->fd;
 
-	if (!c->nheld)
+	if (!c->nheld || below(2)) {
+		/* Nothing held, or not this time: a message for no request. */
+		memset(m, 0, HDR);
+		m->seq = below(2) ? rnd() : next_seq_guess + below(64);
+		m->type = below(4);
+		len = HDR + (below(4) ? 0 : below(8192));
+		for (size_t j = HDR; j < len; j++)
+			out[j] = rnd();
+		send_bytes(fd, out, len, below(4) == 0);
+		messages++;
 		return;
+	}
 	h = c->held[i];
 	memset(m, 0, HDR);
 	m->seq = h.seq;
@@ -319,9 +334,13 @@ static void step_ioctl(struct channel *c)
 		errors++;
 }
 
+/* Let the good reader take one request, unless it still waits for one. */
 static void step_good_read(struct channel *c)
 {
 	(void)c;
+	if (reader_has_token)
+		return;
+	reader_has_token = true;
 	if (write(reader_tokens[1], "t", 1) != 1)
 		errors++;
 }
@@ -381,6 +400,7 @@ static void *good_reader(void *arg)
 		if (read(reader_tokens[0], &token, 1) != 1)
 			break;
 		n = read(fd, buf, BUF);
+		reader_has_token = false;
 
 		if (n < (ssize_t)HDR)
 			break;		/* ENOTBLK, a signal, or the end */

@@ -2,7 +2,7 @@
 # tests/soak/ (kill and restart, remove under load, suspend storms in one
 # boot; memory pressure in a 256 MiB guest), each bounded by its cycle count
 # and time limit. Their
-# figures replace this kernel's rows of tests/soak/RESULTS.md. Ends with
+# figures replace those scenarios' rows for this kernel in tests/soak/RESULTS.md. Ends with
 # "N passed, N failed" like ./dev test.
 source "$DEV_ROOT/scripts/dev/test-vm.sh"
 
@@ -33,16 +33,17 @@ if os.path.exists(figures):
 for name in outcome:
     rows.setdefault(name, "(no figures: the scenario stopped early)")
 head = ["# Soak results", "",
-        "Written by `./dev soak` (tests/soak/soak.sh); each run replaces the rows of its",
-        "kernel. Figures are the scenario's own counts; goals: lost=0, hung=0,",
+        "Written by `./dev soak` (tests/soak/); a run replaces the rows of the scenarios",
+        "it ran on its kernel. Figures are the scenario's own counts; goals: lost=0, hung=0,",
         "verify_errors=0, kernel_complaints=0, rmmod=ok.", "",
         "| date | commit | kernel | scenario | cycles | result | figures |",
         "|---|---|---|---|---|---|---|"]
+replaced = {(kernel, name) for name in rows}
 kept = []
 if os.path.exists(out):
     for line in open(out):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| 20") and len(cells) == 7 and cells[2] != kernel:
+        if line.startswith("| 20") and len(cells) == 7 and (cells[2], cells[3]) not in replaced:
             kept.append(line.rstrip("\n"))
 new = [f"| {date} | {commit} | {kernel} | {name} | {cycles} | {outcome.get(name, 'not run')} | {figs} |"
        for name, figs in sorted(rows.items())]
