@@ -7,10 +7,16 @@
  *
  *   module-probe serve CTL [--threads N] [--requeue] [--store FILE]
  *                [--stats FILE] [--unsupported OP] [--uring QD] [--delay-us N]
+ *                [--hold N [--hold-after M]]
  *       A daemon: an in-memory (or FILE-backed, shared between daemons)
  *       store, N blocking channels or one io_uring channel with QD reads.
  *       Prints "ready" once its channels are open; exits 0 when the target
  *       goes away (-ENOTBLK) or on SIGTERM, writing op counters to FILE.
+ *       --hold N: answer the first M requests (default 0), then keep the
+ *       next N unanswered for good and print "holding N" once it has them
+ *       all; later ones are answered again. A test waits for that line, so
+ *       it knows what the daemon holds when it kills it, however slow the
+ *       machine. An io_uring channel stops reading once all QD are held.
  *   module-probe hold CTL N
  *       Reads N requests and answers none until SIGUSR1, then answers them
  *       all (reads are served with zeros) and exits.
@@ -161,6 +167,30 @@ static void write_all(int fd, const void *buf, size_t len)
 
 static const char *stats_file;
 static unsigned int delay_us;	/* before each answer: lets requests pile up */
+static unsigned int hold_n, hold_after;	/* --hold N --hold-after M */
+static atomic_uint n_seen;
+
+/*
+ * --hold: whether to keep this request unanswered. Requests are numbered in
+ * the order the daemon's channels read them; numbers hold_after up to
+ * hold_after + hold_n - 1 are held. Whoever takes the last of them says so:
+ * by then every earlier number has been read, so all N are held.
+ */
+static bool hold_request(void)
+{
+	unsigned int seen;
+
+	if (!hold_n)
+		return false;
+	seen = atomic_fetch_add(&n_seen, 1);
+	if (seen < hold_after || seen - hold_after >= hold_n)
+		return false;
+	if (seen - hold_after == hold_n - 1) {
+		printf("holding %u\n", hold_n);
+		fflush(stdout);
+	}
+	return true;
+}
 
 static int count_iou_workers(void)
 {
@@ -240,6 +270,13 @@ static void *blocking_worker(void *arg)
 		if (msg->type == DM_USER_REQ_MAP_WRITE && (size_t)n != HDR + msg->len)
 			die("WRITE request of %llu bytes came as %zd bytes",
 			    (unsigned long long)msg->len, n);
+		if (hold_request()) {
+			/* Kept for good: the next request needs a buffer of its own. */
+			msg = malloc(w->bufsize);
+			if (!msg)
+				die("out of memory");
+			continue;
+		}
 		if (delay_us)
 			usleep(delay_us);
 		write_all(w->fd, msg, handle(msg));
@@ -302,6 +339,8 @@ static void uring_serve(int fd, unsigned int qd, size_t bufsize)
 			break;
 		if (res < (int)HDR)
 			die("io_uring read: %d", res);
+		if (hold_request())
+			continue;	/* slot i stays taken: no read goes into it again */
 		if (delay_us)
 			usleep(delay_us);
 		{
@@ -343,6 +382,10 @@ static int cmd_serve(int argc, char **argv)
 			delay_us = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--uring") && i + 1 < (unsigned int)argc)
 			qd = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--hold") && i + 1 < (unsigned int)argc)
+			hold_n = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--hold-after") && i + 1 < (unsigned int)argc)
+			hold_after = atoi(argv[++i]);
 		else
 			die("serve: unknown option %s", argv[i]);
 	}

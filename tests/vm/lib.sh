@@ -342,6 +342,8 @@ vm_tests_run() {
         local dmesg_before
         dmesg_before=$(dmesg | wc -l)
         export VMT_REASON_FILE=/tmp/vmtest.reason
+        # The test's own log (its stdout and stderr, daemons' output too).
+        export VMT_LOG=$log
         rm -f "$VMT_REASON_FILE" /tmp/vmtest.timedout
         (
             trap vmt_cleanup EXIT

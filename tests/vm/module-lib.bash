@@ -43,6 +43,21 @@ fio_load() {
     FIO_PID=$!
 }
 
+# all_asleep PID...: no thread of these processes is running or runnable
+# (each sleeps in a system call: read, io_uring_enter, sigwait...).
+all_asleep() {
+    local pid st
+    for pid in "$@"; do
+        [ -d "/proc/$pid/task" ] || return 1
+        for st in /proc/"$pid"/task/*/stat; do
+            # The state follows the ") " that ends the command name.
+            [[ "$(cat "$st" 2>/dev/null)" =~ \)\ ([A-Za-z]) ]] || continue
+            [ "${BASH_REMATCH[1]}" = R ] && return 1
+        done
+    done
+    return 0
+}
+
 # idle NAME: nothing queued or in flight on device NAME.
 idle() { dmsetup status "$1" | grep -q ' queued=0 inflight_read=0 inflight_write=0 inflight_other=0 '; }
 

@@ -13,10 +13,12 @@ t_daemon_sigkill() {
     need_cmd fio
     echo 2000 >/sys/module/dm_user/parameters/dm_user_daemon_timeout_msec
     dm_user_create sk 65536 sk-ctl || fail "create"
-    serve d1 sk-ctl --uring 8 --delay-us 20000
+    # d1 serves 16 requests, then holds 4 and says so: it dies holding them.
+    serve d1 sk-ctl --uring 8 --hold-after 16 --hold 4
     fio_load sk
     local fio=$FIO_PID
-    wait_for 20 bash -c "dmsetup status sk | grep -Eq 'completed=[0-9]{2,}'" || fail "no I/O served"
+    wait_for 120 grep -q '^holding 4$' /tmp/d1.out ||
+        fail "d1 never held 4 requests: $(dmsetup status sk)"
     dmsetup status sk
     kill -KILL "$(daemon_pid d1)"
     local start=$SECONDS
@@ -48,8 +50,8 @@ t_no_daemon_timeout() {
     echo 20000 >/sys/module/dm_user/parameters/dm_user_daemon_timeout_msec
     dd if=/dev/mapper/nd of=/dev/null bs=4k count=1 iflag=direct 2>/tmp/dd.err &
     local dd=$!
-    sleep 2
-    dmsetup status nd | grep -q ' queued=1 ' || fail "read not queued: $(dmsetup status nd)"
+    wait_for 15 bash -c "dmsetup status nd | grep -q ' queued=1 '" ||
+        fail "read not queued: $(dmsetup status nd)"
     serve late nd-ctl
     wait "$dd" || fail "the late daemon did not take the queued read: $(cat /tmp/dd.err)"
     echo 4000 >/sys/module/dm_user/parameters/dm_user_daemon_timeout_msec
