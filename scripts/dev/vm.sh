@@ -21,9 +21,10 @@ VM_DIR="$DEV_ROOT/.vm"
 VM_GUEST_PKGS=(procps util-linux nbdkit nbd-client)
 # Modules the initramfs needs to reach the host's root over virtio 9p.
 VM_INITRAMFS_MODULES=(virtio_pci 9pnet_virtio 9p)
-# Kernel log lines that fail a run. Hung tasks count: nothing we test may
+# Kernel log lines that fail a run (one list for host and guest:
+# scripts/dev/kernel-log-bad.txt). Hung tasks count: nothing we test may
 # block for minutes.
-VM_DMESG_BAD_RE='WARNING:|BUG:|Oops|kernel BUG|general protection|KASAN|UBSAN|list_add corruption|list_del corruption|blocked for more than|hung task|soft lockup|hard LOCKUP|rcu_sched self-detected stall|rcu: INFO|Kernel panic|refcount_t:|bad page state'
+VM_DMESG_BAD_RE=$(grep -Ev '^(#|$)' "$DEV_ROOT/scripts/dev/kernel-log-bad.txt" | paste -sd'|')
 
 # vm_kernel_version: the Debian kernel the guest boots, one with both
 # /boot/vmlinuz-VER and /lib/modules/VER (newest if several).

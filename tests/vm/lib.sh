@@ -16,8 +16,8 @@ VM_KVER=${VM_KVER:-$(uname -r)}
 if [ -z "${VMT_OUT:-}" ]; then
     if [ -d /run/vmjob ] && [ -w /run/vmjob ]; then VMT_OUT=/run/vmjob; else VMT_OUT=/tmp/vmtest; fi
 fi
-# Kernel log lines that fail a test (the same list the host uses).
-VMT_DMESG_BAD_RE='WARNING:|BUG:|Oops|kernel BUG|general protection|KASAN|UBSAN|list_add corruption|list_del corruption|blocked for more than|hung task|soft lockup|hard LOCKUP|rcu_sched self-detected stall|rcu: INFO|Kernel panic|refcount_t:|bad page state'
+# Kernel log lines that fail a test (the host's list: scripts/dev/kernel-log-bad.txt).
+VMT_DMESG_BAD_RE=$(grep -Ev '^(#|$)' "$DEV_ROOT/scripts/dev/kernel-log-bad.txt" | paste -sd'|')
 # Where the meson build lives (legacy-daemon, examples): ./dev test builds build/.
 VMT_BUILD=${VMT_BUILD:-$DEV_ROOT/build}
 
