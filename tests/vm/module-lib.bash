@@ -31,7 +31,7 @@ probe_run() {
     shift 2
     need_cmd "$PROBE"
     dm_user_create "$name" 8192 "$name-ctl" "$@" || fail "cannot create the device"
-    timeout 240 "$PROBE" case "$case" "/dev/mapper/$name" "$name-ctl" || fail "probe case $case failed"
+    timeout $((240 * VMT_TIME_SCALE)) "$PROBE" case "$case" "/dev/mapper/$name" "$name-ctl" || fail "probe case $case failed"
 }
 
 # fio_load NAME: a minute of 16 KiB random reads and writes at QD16 on /dev/mapper/NAME,

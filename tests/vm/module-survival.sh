@@ -24,7 +24,7 @@ t_daemon_sigkill() {
     local start=$SECONDS
     wait "$fio" && fail "fio succeeded although its daemon died"
     echo "fio ended $((SECONDS - start)) s after the kill: $(grep -m1 -o 'err=[ 0-9]*.*' /tmp/fio.out)"
-    [ $((SECONDS - start)) -lt 30 ] || fail "fio took $((SECONDS - start)) s to fail"
+    [ $((SECONDS - start)) -lt $((30 * VMT_TIME_SCALE)) ] || fail "fio took $((SECONDS - start)) s to fail"
     wait_for 10 idle sk || fail "requests left: $(dmsetup status sk)"
     dmsetup status sk
     dmsetup status sk | grep -q ' errors=0 ' && fail "no request failed"
@@ -46,7 +46,7 @@ t_no_daemon_timeout() {
         fail "read with no daemon succeeded"
     local took=$((SECONDS - start))
     echo "failed after ${took} s: $(tail -n1 /tmp/dd.err)"
-    [ "$took" -ge 1 ] && [ "$took" -le 15 ] || fail "timeout took $took s, wanted about 1.5"
+    [ "$took" -ge 1 ] && [ "$took" -le $((15 * VMT_TIME_SCALE)) ] || fail "timeout took $took s, wanted about 1.5"
     echo 20000 >/sys/module/dm_user/parameters/dm_user_daemon_timeout_msec
     dd if=/dev/mapper/nd of=/dev/null bs=4k count=1 iflag=direct 2>/tmp/dd.err &
     local dd=$!
