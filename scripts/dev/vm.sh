@@ -62,14 +62,17 @@ vm_module_closure() {
 # (its command-line options: the memory debugging below).
 #
 # The stock and RT kernels are Debian's, which have SLUB_DEBUG and
-# PAGE_POISONING built in but off: slub_debug=FZPU turns on slab sanity
-# checks, red zones, poisoning and alloc/free owner tracking, page_poison=1
-# poisons freed pages and checks the poison when they are handed out again,
-# so a use-after-free becomes a report in the kernel log (which fails the
-# test) instead of silent corruption. tests/vm/README.md has what each costs.
+# PAGE_POISONING built in but off: slub_debug=FZP turns on slab sanity
+# checks, red zones and poisoning, page_poison=1 poisons freed pages and
+# checks the poison when they are handed out again, so a use-after-free
+# becomes a report in the kernel log (which fails the test) instead of
+# silent corruption. U (who allocated and freed each object) would name the
+# culprit in the report, but costs as much again as the rest: add it to
+# diagnose (VM_MEMDEBUG="slub_debug=FZPU page_poison=1"). tests/vm/README.md
+# has the figures.
 # The debug kernel has KASAN, which checks every access: no slub_debug there.
 # VM_MEMDEBUG overrides the options (empty: none).
-VM_MEMDEBUG_STOCK="slub_debug=FZPU page_poison=1"
+VM_MEMDEBUG_STOCK="slub_debug=FZP page_poison=1"
 vm_kernel() {
     [ -n "${VM_KVER:-}" ] && [ "${VM_KERNEL_RESOLVED:-}" = "${VM_KERNEL:-stock}" ] && return 0
     local memdebug
@@ -424,7 +427,8 @@ Env: VM_KEEP=1 keeps .vm/jobs/job.* ; VM_NO_KVM=1 forces TCG; VM_SMP=N cpus;
      VM_CPU=MODEL the TCG CPU model (default qemu64);
 VM_9P_OPTS: 9p mount options for the host's root (default cache=loose; empty: none).
 VM_MEMDEBUG: memory-debugging options on the kernel command line (default
-     "slub_debug=FZPU page_poison=1"; none on the debug kernel; empty: none).
+     "slub_debug=FZP page_poison=1"; none on the debug kernel; empty: none;
+     "slub_debug=FZPU page_poison=1" adds who allocated and freed to a report).
 VM_APPEND: more kernel command-line options.
 USAGE
             [ -n "${1:-}" ] && return 0
