@@ -7,10 +7,16 @@
  *
  *   module-probe serve CTL [--threads N] [--requeue] [--store FILE]
  *                [--stats FILE] [--unsupported OP] [--uring QD] [--delay-us N]
+ *                [--hold N [--hold-after M]]
  *       A daemon: an in-memory (or FILE-backed, shared between daemons)
  *       store, N blocking channels or one io_uring channel with QD reads.
  *       Prints "ready" once its channels are open; exits 0 when the target
  *       goes away (-ENOTBLK) or on SIGTERM, writing op counters to FILE.
+ *       --hold N: answer the first M requests (default 0), then keep the
+ *       next N unanswered for good and print "holding N" once it has them
+ *       all; later ones are answered again. A test waits for that line, so
+ *       it knows what the daemon holds when it kills it, however slow the
+ *       machine. An io_uring channel stops reading once all QD are held.
  *   module-probe hold CTL N
  *       Reads N requests and answers none until SIGUSR1, then answers them
  *       all (reads are served with zeros) and exits.
@@ -165,6 +171,30 @@ static void write_all(int fd, const void *buf, size_t len)
 
 static const char *stats_file;
 static unsigned int delay_us;	/* before each answer: lets requests pile up */
+static unsigned int hold_n, hold_after;	/* --hold N --hold-after M */
+static atomic_uint n_seen;
+
+/*
+ * --hold: whether to keep this request unanswered. Requests are numbered in
+ * the order the daemon's channels read them; numbers hold_after up to
+ * hold_after + hold_n - 1 are held. Whoever takes the last of them says so:
+ * by then every earlier number has been read, so all N are held.
+ */
+static bool hold_request(void)
+{
+	unsigned int seen;
+
+	if (!hold_n)
+		return false;
+	seen = atomic_fetch_add(&n_seen, 1);
+	if (seen < hold_after || seen - hold_after >= hold_n)
+		return false;
+	if (seen - hold_after == hold_n - 1) {
+		printf("holding %u\n", hold_n);
+		fflush(stdout);
+	}
+	return true;
+}
 
 static int count_iou_workers(void)
 {
@@ -244,6 +274,13 @@ static void *blocking_worker(void *arg)
 		if (msg->type == DM_USER_REQ_MAP_WRITE && (size_t)n != HDR + msg->len)
 			die("WRITE request of %llu bytes came as %zd bytes",
 			    (unsigned long long)msg->len, n);
+		if (hold_request()) {
+			/* Kept for good: the next request needs a buffer of its own. */
+			msg = malloc(w->bufsize);
+			if (!msg)
+				die("out of memory");
+			continue;
+		}
 		if (delay_us)
 			usleep(delay_us);
 		write_all(w->fd, msg, handle(msg));
@@ -306,6 +343,8 @@ static void uring_serve(int fd, unsigned int qd, size_t bufsize)
 			break;
 		if (res < (int)HDR)
 			die("io_uring read: %d", res);
+		if (hold_request())
+			continue;	/* slot i stays taken: no read goes into it again */
 		if (delay_us)
 			usleep(delay_us);
 		{
@@ -347,6 +386,10 @@ static int cmd_serve(int argc, char **argv)
 			delay_us = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--uring") && i + 1 < (unsigned int)argc)
 			qd = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--hold") && i + 1 < (unsigned int)argc)
+			hold_n = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--hold-after") && i + 1 < (unsigned int)argc)
+			hold_after = atoi(argv[++i]);
 		else
 			die("serve: unknown option %s", argv[i]);
 	}
@@ -706,12 +749,21 @@ static int status_field(const char *key)
 	return v;
 }
 
+/* VMT_TIME_SCALE (4 on the debug kernel) stretches every time limit. */
+static int time_scale(void)
+{
+	const char *s = getenv("VMT_TIME_SCALE");
+	int v = s ? atoi(s) : 1;
+
+	return v > 0 ? v : 1;
+}
+
 static bool wait_status(const char *key, int want)
 {
 	int i;
 
 	/* Generous: a loaded TCG guest takes seconds to fork and submit. */
-	for (i = 0; i < 300; i++) {
+	for (i = 0; i < 300 * time_scale(); i++) {
 		if (status_field(key) == want)
 			return true;
 		usleep(100000);
@@ -770,7 +822,7 @@ static void case_nonblock_poll(const char *ctl)
 	r = poll(&pfd, 1, 0);
 	CHECK(r == 0, "poll of an empty queue: %d revents %#x", r, pfd.revents);
 	io = io_start(false, 0, BLK, 0);
-	r = poll(&pfd, 1, 10000);
+	r = poll(&pfd, 1, 10000 * time_scale());
 	CHECK(r == 1 && (pfd.revents & POLLIN), "poll after a request: %d revents %#x", r, pfd.revents);
 	n = read(ch, big, sizeof(big));
 	CHECK(n == HDR, "read after poll: %zd", n);
@@ -910,7 +962,7 @@ static void case_channels(const char *ctl)
 	for (i = 0; i < N; i++)
 		ios[i] = io_start(false, (off_t)(i % 64) * BLK, BLK, 0);
 	while (served < N) {
-		int r = poll(pfd, N, 10000);
+		int r = poll(pfd, N, 10000 * time_scale());
 
 		CHECK(r > 0, "poll: %d after %d served", r, served);
 		for (i = 0; i < N; i++) {

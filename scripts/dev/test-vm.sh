@@ -5,7 +5,9 @@
 # result when the guest stops (panic, hang) fails with the reason, and a
 # kernel WARNING/BUG/Oops fails the file's run visibly.
 #   ./dev test vm [GLOB]   GLOB picks files by name without .sh (legacy-*).
-# Env: VMT_FILE_TIMEOUT (seconds per file, default 900).
+# Env: VMT_FILE_TIMEOUT (seconds per file, default 900), VMT_TIME_SCALE (a
+# factor for every time limit: 1, or 4 on the debug kernel), VM_KERNEL
+# (stock, debug, rt: ./dev test --kernel).
 source "$DEV_ROOT/scripts/dev/vm.sh"
 
 # vmt_report_file STEM: turn the job's results into t_pass/t_fail lines.
@@ -84,7 +86,9 @@ vm_tests() {
     # leaves them missing, and the tests that need them say so.
     (meson_build build) || warn "the C++ tree does not build: VM tests that need its binaries will fail"
     local ver
-    ver=$(vm_kernel_version) || exit 1
+    vm_kernel
+    ver=$VM_KVER
+    say "vm tests on the ${VM_KERNEL:-stock} kernel $ver ($VM_VMLINUZ; $VM_KERNEL_APPEND)"
     vm_initramfs "$ver"
     # Build the module once for all boots.
     if ! (vm_build_module "$ver" && echo "$VM_KO" >"$VM_DIR/vmtests.ko"); then
@@ -95,12 +99,20 @@ vm_tests() {
     export VM_KO_PREBUILT
     [ -n "$VM_KO_PREBUILT" ] || warn "no dm-user module: tests that need it will fail"
 
+    # The debug kernel runs several times slower (KASAN checks every access,
+    # lockdep every lock): every time limit in the guest stretches with it.
+    if [ -z "${VMT_TIME_SCALE:-}" ]; then
+        VMT_TIME_SCALE=1
+        [ "${VM_KERNEL:-stock}" = debug ] && VMT_TIME_SCALE=4
+    fi
+    export VMT_TIME_SCALE
+    local file_timeout=$((${VMT_FILE_TIMEOUT:-900} * VMT_TIME_SCALE))
     local total_start=$SECONDS i=0
     for f in "${files[@]}"; do
         i=$((i + 1))
         stem=$(basename "$f" .sh)
         say "vm tests: $stem ($i/${#files[@]})"
-        vm_run --quiet --timeout "${VMT_FILE_TIMEOUT:-900}" -- bash "$f"
+        vm_run --quiet --timeout "$file_timeout" -- bash "$f"
         vmt_report_file "$stem"
         summary+=("$(printf '%-28s %4d s' "$stem" "$VM_SECONDS")")
         vm_job_cleanup

@@ -26,7 +26,8 @@ source "$DEV_ROOT/tests/vm/lib.sh" || {
 hostname dmuser-vm 2>/dev/null
 # Fail fast on a stuck task: the host turns "blocked for more than" into a
 # failed run. 60 s is far beyond any I/O we wait for, even under TCG.
-sysctl -qw kernel.hung_task_timeout_secs=60 kernel.panic_on_oops=1 2>/dev/null
+# VMT_TIME_SCALE (4 on the debug kernel) stretches it like every limit.
+sysctl -qw kernel.hung_task_timeout_secs=$((60 * ${VMT_TIME_SCALE:-1})) kernel.panic_on_oops=1 2>/dev/null
 
 if ! vm_modload dm-mod; then
     echo "vm: cannot load dm-mod"

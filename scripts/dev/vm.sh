@@ -1,6 +1,6 @@
-# ./dev vm [--mem SIZE] [--timeout SECS] [--no-module] [--] CMD...
+# ./dev vm [--mem SIZE] [--timeout SECS] [--no-module] [--kernel NAME] [--] CMD...
 #
-# Boots Debian's own kernel in QEMU with a tiny busybox initramfs that mounts
+# Boots Debian's own kernel (or --kernel debug|rt: scripts/dev/kernel.sh) in QEMU with a tiny busybox initramfs that mounts
 # the host's root read-only over 9p and chroots into it, loads dm-mod and a
 # freshly built kernel/dm-user, runs CMD as root in the current directory,
 # streams its output, and exits with CMD's status. A kernel WARNING, BUG,
@@ -21,17 +21,20 @@ VM_DIR="$DEV_ROOT/.vm"
 VM_GUEST_PKGS=(procps util-linux nbdkit nbd-client)
 # Modules the initramfs needs to reach the host's root over virtio 9p.
 VM_INITRAMFS_MODULES=(virtio_pci 9pnet_virtio 9p)
-# Kernel log lines that fail a run. Hung tasks count: nothing we test may
+# Kernel log lines that fail a run (one list for host and guest:
+# scripts/dev/kernel-log-bad.txt). Hung tasks count: nothing we test may
 # block for minutes.
-VM_DMESG_BAD_RE='WARNING:|BUG:|Oops|kernel BUG|general protection|KASAN|UBSAN|list_add corruption|list_del corruption|blocked for more than|hung task|soft lockup|hard LOCKUP|rcu_sched self-detected stall|rcu: INFO|Kernel panic|refcount_t:|bad page state'
+VM_DMESG_BAD_RE=$(grep -Ev '^(#|$)' "$DEV_ROOT/scripts/dev/kernel-log-bad.txt" | paste -sd'|')
 
-# vm_kernel_version: the Debian kernel the guest boots, one with both
-# /boot/vmlinuz-VER and /lib/modules/VER (newest if several).
+# vm_kernel_version: the stock Debian kernel the guest boots by default, one
+# with both /boot/vmlinuz-VER and /lib/modules/VER (newest if several). The
+# PREEMPT_RT flavour (-rt-amd64) is not stock: it is ./dev test --kernel rt.
 vm_kernel_version() {
     local k ver best=
     for k in /boot/vmlinuz-*-amd64; do
         [ -e "$k" ] || continue
         ver=${k#/boot/vmlinuz-}
+        [[ "$ver" == *-rt-amd64 ]] && continue
         [ -f "/lib/modules/$ver/modules.dep" ] || continue
         if [ -z "$best" ] || dpkg --compare-versions "$ver" gt "$best"; then best=$ver; fi
     done
@@ -40,11 +43,52 @@ vm_kernel_version() {
 }
 
 # vm_module_closure VER NAME...: the .ko paths (relative to /lib/modules/VER)
-# that load NAME... in dependency order.
+# that load NAME... in dependency order; "MISSING NAME" for one that is
+# neither a module nor built in (a built-in one needs no loading).
 vm_module_closure() {
-    local ver=$1
+    local ver=$1 line name
     shift
-    awk -v want="$*" -f "$DEV_ROOT/scripts/dev/modules-closure.awk" "/lib/modules/$ver/modules.dep"
+    while read -r line; do
+        if [[ "$line" == MISSING\ * ]]; then
+            name=${line#MISSING }
+            grep -Eq "/${name//_/[-_]}\.ko" "/lib/modules/$ver/modules.builtin" 2>/dev/null && continue
+        fi
+        echo "$line"
+    done < <(awk -v want="$*" -f "$DEV_ROOT/scripts/dev/modules-closure.awk" "/lib/modules/$ver/modules.dep")
+}
+
+# vm_kernel: resolve VM_KERNEL (stock by default; debug, rt: ./dev kernel)
+# once, into VM_KVER (the release), VM_VMLINUZ (its image) and VM_KERNEL_APPEND
+# (its command-line options: the memory debugging below).
+#
+# The stock and RT kernels are Debian's, which have SLUB_DEBUG and
+# PAGE_POISONING built in but off: slub_debug=FZP turns on slab sanity
+# checks, red zones and poisoning, page_poison=1 poisons freed pages and
+# checks the poison when they are handed out again, so a use-after-free
+# becomes a report in the kernel log (which fails the test) instead of
+# silent corruption. U (who allocated and freed each object) would name the
+# culprit in the report, but costs as much again as the rest: add it to
+# diagnose (VM_MEMDEBUG="slub_debug=FZPU page_poison=1"). tests/vm/README.md
+# has the figures.
+# The debug kernel has KASAN, which checks every access: no slub_debug there.
+# VM_MEMDEBUG overrides the options (empty: none).
+VM_MEMDEBUG_STOCK="slub_debug=FZP page_poison=1"
+vm_kernel() {
+    [ -n "${VM_KVER:-}" ] && [ "${VM_KERNEL_RESOLVED:-}" = "${VM_KERNEL:-stock}" ] && return 0
+    local memdebug
+    kernel_select "${VM_KERNEL:-stock}"
+    VM_KVER=$KERNEL_RELEASE
+    VM_VMLINUZ=$KERNEL_IMAGE
+    case "${VM_KERNEL:-stock}" in
+        debug) memdebug= ;;
+        *) memdebug=$VM_MEMDEBUG_STOCK ;;
+    esac
+    # A lockdep or KASAN report is long: keep the whole log of a test file.
+    VM_KERNEL_APPEND="log_buf_len=8M"
+    memdebug=${VM_MEMDEBUG-$memdebug}
+    [ -n "$memdebug" ] && VM_KERNEL_APPEND+=" $memdebug"
+    VM_KERNEL_RESOLVED=${VM_KERNEL:-stock}
+    export VM_KVER VM_VMLINUZ VM_KERNEL_APPEND VM_KERNEL_RESOLVED
 }
 
 # vm_initramfs VER: set VM_INITRD to a cached initramfs for VER, rebuilt
@@ -154,11 +198,11 @@ vm_ext4_tree() {
     exec {lock}>&-
 }
 
-# vm_accel VER: KVM when /dev/kvm really runs a guest, else TCG. An open-able
-# /dev/kvm is not enough (nested setups fail at the first vCPU run), so boot
-# the kernel once without a root under KVM and cache the verdict.
+# vm_accel VER IMAGE: KVM when /dev/kvm really runs a guest, else TCG. An
+# open-able /dev/kvm is not enough (nested setups fail at the first vCPU
+# run), so boot the kernel once without a root under KVM and cache the verdict.
 vm_accel() {
-    local ver=$1 verdict cache="$VM_DIR/kvm-usable"
+    local ver=$1 image=$2 verdict cache="$VM_DIR/kvm-usable"
     local key
     key="$(uname -r) $(qemu-system-x86_64 --version | head -n1) $ver"
     if [ -n "${VM_NO_KVM:-}" ] || [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
@@ -168,7 +212,7 @@ vm_accel() {
     else
         verdict=no
         if timeout 30 qemu-system-x86_64 -accel kvm -cpu host -m 256 -nographic -no-reboot \
-            -nodefaults -serial stdio -kernel "/boot/vmlinuz-$ver" \
+            -nodefaults -serial stdio -kernel "$image" \
             -append "console=ttyS0 panic=-1" </dev/null 2>&1 | grep -q 'Kernel panic'; then
             verdict=yes
         fi
@@ -209,19 +253,22 @@ vm_run() {
             --timeout) timeout=$2; shift 2 ;;
             --timeout=*) timeout=${1#*=}; shift ;;
             --no-module) module=0; shift ;;
+            --kernel) VM_KERNEL=$2; shift 2 ;;
+            --kernel=*) VM_KERNEL=${1#*=}; shift ;;
             --quiet) quiet=1; shift ;;
             --) shift; break ;;
             -*) die "./dev vm: unknown option $1" ;;
             *) break ;;
         esac
     done
-    [ $# -gt 0 ] || die "usage: ./dev vm [--mem SIZE] [--timeout SECS] [--no-module] [--] CMD..."
+    [ $# -gt 0 ] || die "usage: ./dev vm [--mem SIZE] [--timeout SECS] [--no-module] [--kernel NAME] [--] CMD..."
     [[ "$timeout" =~ ^[0-9]+$ ]] || die "--timeout wants seconds, got '$timeout'"
     need_pkgs "${VM_PKGS[@]}" "${VM_GUEST_PKGS[@]}"
     mkdir -p "$VM_DIR/jobs"
 
     local ver initrd ko=""
-    ver=$(vm_kernel_version) || exit 1
+    vm_kernel
+    ver=$VM_KVER
     vm_initramfs "$ver"
     initrd=$VM_INITRD
     vm_ext4_tree
@@ -281,13 +328,16 @@ vm_run() {
     # /usr/include/linux). VM_9P_OPTS= (empty) turns it off.
     local nine_p_opts=${VM_9P_OPTS-cache=loose}
     local accel
-    accel=$(vm_accel "$ver")
+    accel=$(vm_accel "$ver" "$VM_VMLINUZ")
     local -a accel_args
     read -r -a accel_args <<<"$accel"
+    # no_timer_check: on a loaded host, TCG can miss the boot-time check that
+    # the IO-APIC timer ticks, and the guest panics with "IO-APIC + timer
+    # doesn't work!" before userspace (seen once in 10 boots at load 17).
     local qemu=(qemu-system-x86_64 "${accel_args[@]}" -smp "${VM_SMP:-2}" -m "$mem"
         -nographic -no-reboot -nodefaults -serial stdio
-        -kernel "/boot/vmlinuz-$ver" -initrd "$initrd"
-        -append "console=ttyS0 quiet loglevel=4 panic=-1 oops=panic softlockup_panic=1 rdinit=/init${VM_APPEND:+ $VM_APPEND}${nine_p_opts:+ vm.9p=$nine_p_opts}"
+        -kernel "$VM_VMLINUZ" -initrd "$initrd"
+        -append "console=ttyS0 quiet loglevel=4 panic=-1 oops=panic softlockup_panic=1 no_timer_check rdinit=/init ${VM_KERNEL_APPEND}${VM_APPEND:+ $VM_APPEND}${nine_p_opts:+ vm.9p=$nine_p_opts}"
         -virtfs "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"
         -virtfs "local,path=$VM_JOB,mount_tag=job,security_model=none,multidevs=remap")
     if [ -n "$tree_share" ]; then
@@ -298,7 +348,7 @@ vm_run() {
             [ "${qemu[$i]}" = -append ] && qemu[$((i + 1))]+=" vm.tree=$tree_share"
         done
     fi
-    [ "$quiet" = 1 ] || say "booting $ver ($(grep -q kvm <<<"$accel" && echo KVM || echo TCG), ${VM_SMP:-2} cpus, $mem): $*"
+    [ "$quiet" = 1 ] || say "booting $ver (${VM_KERNEL:-stock} kernel, ${VM_KERNEL_APPEND}; $(grep -q kvm <<<"$accel" && echo KVM || echo TCG), ${VM_SMP:-2} cpus, $mem): $*"
     local start=$SECONDS
     local qemu_rc=0
     if [ "$quiet" = 1 ]; then
@@ -361,7 +411,7 @@ dev_vm() {
     case "${1:-}" in
         -h | --help | "")
             cat <<'USAGE'
-usage: ./dev vm [--mem SIZE] [--timeout SECS] [--no-module] [--] CMD...
+usage: ./dev vm [--mem SIZE] [--timeout SECS] [--no-module] [--kernel NAME] [--] CMD...
 
 Boots Debian's kernel in QEMU (KVM if usable, else TCG) over the host's root
 (read-only 9p; fresh tmpfs on /tmp and /run), loads dm-mod and a fresh build
@@ -370,10 +420,16 @@ its status. A kernel WARNING/BUG/Oops/hung task fails the run.
   --mem SIZE      guest memory (default 2G)
   --timeout SECS  CMD's time limit (default 900, or $VM_TIMEOUT)
   --no-module     do not build or load kernel/dm-user
+  --kernel NAME   stock (default), debug (KASAN, lockdep, kmemleak; built by
+                  ./dev kernel debug) or rt (Debian's PREEMPT_RT)
 In CMD, `source tests/vm/lib.sh` for helpers (vm_modload brd, dm_user_create...).
 Env: VM_KEEP=1 keeps .vm/jobs/job.* ; VM_NO_KVM=1 forces TCG; VM_SMP=N cpus;
      VM_CPU=MODEL the TCG CPU model (default qemu64);
 VM_9P_OPTS: 9p mount options for the host's root (default cache=loose; empty: none).
+VM_MEMDEBUG: memory-debugging options on the kernel command line (default
+     "slub_debug=FZP page_poison=1"; none on the debug kernel; empty: none;
+     "slub_debug=FZPU page_poison=1" adds who allocated and freed to a report).
+VM_APPEND: more kernel command-line options.
 USAGE
             [ -n "${1:-}" ] && return 0
             exit 2
@@ -391,3 +447,9 @@ USAGE
     vm_job_cleanup
     exit "$rc"
 }
+
+# The kernels a run may boot (stock, debug, rt), unless kernel.sh sourced us.
+if ! declare -F kernel_select >/dev/null; then
+    # shellcheck source=scripts/dev/kernel.sh
+    source "$DEV_ROOT/scripts/dev/kernel.sh"
+fi

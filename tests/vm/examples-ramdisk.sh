@@ -70,7 +70,9 @@ t_busy_shutdown() {
     mkdir -p /tmp/mnt && mount /dev/mapper/rd /tmp/mnt || fail "mount"
     echo hello >/tmp/mnt/file
     kill -TERM "$(daemon_pid rd)"
-    sleep 3
+    # It tries to remove the device, gives up on EBUSY and says so.
+    wait_for 60 grep -q 'still serving it' "$VMT_LOG" ||
+        fail "the daemon did not report the device as busy"
     daemon_alive rd || fail "the daemon exited with its device mounted"
     sync && cat /tmp/mnt/file >/dev/null || fail "the mounted file system stopped working"
     umount /tmp/mnt || fail "umount"

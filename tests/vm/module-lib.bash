@@ -31,7 +31,7 @@ probe_run() {
     shift 2
     need_cmd "$PROBE"
     dm_user_create "$name" 8192 "$name-ctl" "$@" || fail "cannot create the device"
-    timeout 240 "$PROBE" case "$case" "/dev/mapper/$name" "$name-ctl" || fail "probe case $case failed"
+    timeout $((240 * VMT_TIME_SCALE)) "$PROBE" case "$case" "/dev/mapper/$name" "$name-ctl" || fail "probe case $case failed"
 }
 
 # fio_load NAME: a minute of 16 KiB random reads and writes at QD16 on /dev/mapper/NAME,
@@ -41,6 +41,21 @@ fio_load() {
         --ioengine=libaio --direct=1 --time_based --runtime=60 --size=32M \
         >/tmp/fio.out 2>&1 &
     FIO_PID=$!
+}
+
+# all_asleep PID...: no thread of these processes is running or runnable
+# (each sleeps in a system call: read, io_uring_enter, sigwait...).
+all_asleep() {
+    local pid st
+    for pid in "$@"; do
+        [ -d "/proc/$pid/task" ] || return 1
+        for st in /proc/"$pid"/task/*/stat; do
+            # The state follows the ") " that ends the command name.
+            [[ "$(cat "$st" 2>/dev/null)" =~ \)\ ([A-Za-z]) ]] || continue
+            [ "${BASH_REMATCH[1]}" = R ] && return 1
+        done
+    done
+    return 0
 }
 
 # idle NAME: nothing queued or in flight on device NAME.

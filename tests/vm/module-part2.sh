@@ -34,9 +34,12 @@ t_max_payload() {
     "$PROBE" case max-payload /dev/mapper/p2 p2-ctl || fail "a request exceeded max_payload"
     dm_user_remove p2 || fail "remove"
     # Out of range values are refused with a message.
+    local lines
+    lines=$(dmesg | wc -l)
     dmsetup create p2bad --table "0 8192 user 0 8192 p2bad 2 max_payload 1000" 2>/dev/null &&
         { dmsetup remove p2bad; fail "max_payload 1000 accepted"; }
-    dmesg | tail -n 5 | grep -q 'max_payload must be' || fail "no clear error for a bad max_payload"
+    dmesg | tail -n +"$((lines + 1))" | grep -q 'max_payload must be' ||
+        fail "no clear error for a bad max_payload"
     [ ! -e /dev/dm-user/p2bad ] || fail "a refused table left its control device"
     PROBE_MAX_PAYLOAD=1048576 probe_case info
 }
@@ -66,22 +69,25 @@ t_status() {
 t_handover() {
     need_cmd fio
     dm_user_create p2 131072 p2-ctl || fail "create"
-    # d1 answers slowly, so it holds several requests when it dies.
-    serve d1 p2-ctl --uring 8 --delay-us 20000 --requeue --store /tmp/p2.store
+    # d1 answers 32 writes, then holds all 8 of its io_uring reads' requests
+    # and says so: it dies with exactly that much in flight, however slow
+    # the machine.
+    serve d1 p2-ctl --uring 8 --hold-after 32 --hold 8 --requeue --store /tmp/p2.store
     fio --name=handover --filename=/dev/mapper/p2 --rw=randwrite --bs=16k --iodepth=16 \
         --ioengine=libaio --direct=1 --size=48M --verify=crc32c --verify_fatal=1 \
         --do_verify=1 --randrepeat=0 --output-format=terse --terse-version=3 \
         >/tmp/fio.terse 2>/tmp/fio.err &
     local fio=$!
-    wait_for 90 bash -c "dmsetup status p2 | grep -Eq 'completed=[0-9]{2,}'" ||
-        fail "no I/O reached the first daemon: $(dmsetup status p2)"
-    serve d2 p2-ctl --threads 2 --requeue --store /tmp/p2.store
+    wait_for 120 grep -q '^holding 8$' /tmp/d1.out ||
+        fail "d1 never held 8 requests: $(dmsetup status p2); d1: $(tr '\n' ' ' </tmp/d1.out)"
     local held
     held=$(dmsetup status p2)
+    echo "d1 holds: $held"
+    [ "$(grep -o 'inflight_write=[0-9]*' <<<"$held" | cut -d= -f2)" -ge 8 ] ||
+        fail "d1 says it holds 8 writes, the status line disagrees: $held"
+    serve d2 p2-ctl --threads 2 --requeue --store /tmp/p2.store
     kill -KILL "$(daemon_pid d1)"
-    echo "killed d1 with: $held"
-    [ "$(grep -o 'inflight_write=[0-9]*' <<<"$held" | cut -d= -f2)" -ge 2 ] ||
-        fail "d1 held too few requests to prove anything: $held"
+    echo "killed d1"
     wait "$fio" || { cat /tmp/fio.err; fail "fio verify failed after the hand-over"; }
     awk -F';' '{ print "fio: error", $5, "write KiB", $47 }' /tmp/fio.terse
     dmsetup status p2
@@ -171,7 +177,9 @@ t_nowait_fio_uring() {
         --ioengine=io_uring --direct=1 --time_based --runtime=6 --size=64M \
         --output-format=terse --terse-version=3 >/tmp/fio.terse 2>/tmp/fio.err &
     local fio=$! max=0 n p i
-    sleep 2
+    # Sample while I/O flows, not after some guess at fio's start-up time.
+    wait_for 60 bash -c "dmsetup status p2 | grep -Eq 'completed=[0-9]{3,}'" ||
+        fail "fio's I/O did not start: $(dmsetup status p2)"
     for i in $(seq 1 15); do
         for p in $(pgrep -x fio); do
             n=$(iou_workers "$p")

@@ -13,16 +13,18 @@ t_daemon_sigkill() {
     need_cmd fio
     echo 2000 >/sys/module/dm_user/parameters/dm_user_daemon_timeout_msec
     dm_user_create sk 65536 sk-ctl || fail "create"
-    serve d1 sk-ctl --uring 8 --delay-us 20000
+    # d1 serves 16 requests, then holds 4 and says so: it dies holding them.
+    serve d1 sk-ctl --uring 8 --hold-after 16 --hold 4
     fio_load sk
     local fio=$FIO_PID
-    wait_for 20 bash -c "dmsetup status sk | grep -Eq 'completed=[0-9]{2,}'" || fail "no I/O served"
+    wait_for 120 grep -q '^holding 4$' /tmp/d1.out ||
+        fail "d1 never held 4 requests: $(dmsetup status sk)"
     dmsetup status sk
     kill -KILL "$(daemon_pid d1)"
     local start=$SECONDS
     wait "$fio" && fail "fio succeeded although its daemon died"
     echo "fio ended $((SECONDS - start)) s after the kill: $(grep -m1 -o 'err=[ 0-9]*.*' /tmp/fio.out)"
-    [ $((SECONDS - start)) -lt 30 ] || fail "fio took $((SECONDS - start)) s to fail"
+    [ $((SECONDS - start)) -lt $((30 * VMT_TIME_SCALE)) ] || fail "fio took $((SECONDS - start)) s to fail"
     wait_for 10 idle sk || fail "requests left: $(dmsetup status sk)"
     dmsetup status sk
     dmsetup status sk | grep -q ' errors=0 ' && fail "no request failed"
@@ -44,12 +46,12 @@ t_no_daemon_timeout() {
         fail "read with no daemon succeeded"
     local took=$((SECONDS - start))
     echo "failed after ${took} s: $(tail -n1 /tmp/dd.err)"
-    [ "$took" -ge 1 ] && [ "$took" -le 15 ] || fail "timeout took $took s, wanted about 1.5"
+    [ "$took" -ge 1 ] && [ "$took" -le $((15 * VMT_TIME_SCALE)) ] || fail "timeout took $took s, wanted about 1.5"
     echo 20000 >/sys/module/dm_user/parameters/dm_user_daemon_timeout_msec
     dd if=/dev/mapper/nd of=/dev/null bs=4k count=1 iflag=direct 2>/tmp/dd.err &
     local dd=$!
-    sleep 2
-    dmsetup status nd | grep -q ' queued=1 ' || fail "read not queued: $(dmsetup status nd)"
+    wait_for 15 bash -c "dmsetup status nd | grep -q ' queued=1 '" ||
+        fail "read not queued: $(dmsetup status nd)"
     serve late nd-ctl
     wait "$dd" || fail "the late daemon did not take the queued read: $(cat /tmp/dd.err)"
     echo 4000 >/sys/module/dm_user/parameters/dm_user_daemon_timeout_msec

@@ -12,7 +12,9 @@ t_remove_while_reading() {
     serve blk rr-ctl --threads 4
     serve uring rr-ctl --uring 32
     wait_for 10 bash -c "dmsetup status rr | grep -Eq ' channels=5( |$)'" || fail "channels: $(dmsetup status rr)"
-    sleep 0.5
+    # Every thread of both is asleep: the workers in read() and io_uring_enter().
+    wait_for 30 all_asleep "$(daemon_pid blk)" "$(daemon_pid uring)" ||
+        fail "the daemons never all went to sleep in read: $(grep -h State /proc/"$(daemon_pid blk)"/task/*/status)"
     dm_user_remove rr || fail "remove refused"
     daemon_wait blk 10 || fail "blocking daemon did not exit 0 after remove (status $?)"
     daemon_wait uring 10 || fail "io_uring daemon did not exit 0 after remove (status $?)"
