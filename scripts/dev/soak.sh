@@ -1,4 +1,4 @@
-# ./dev soak [--quick | --cycles N] [SCENARIO-GLOB]: the soak scenarios of
+# ./dev soak [--quick | --cycles N] [--kernel NAME] [SCENARIO-GLOB]: the soak scenarios of
 # tests/soak/ (kill and restart, remove under load, suspend storms in one
 # boot; memory pressure in a 256 MiB guest), each bounded by its cycle count
 # and time limit. Their
@@ -69,8 +69,10 @@ dev_soak() {
             --quick) cycles=10 ;;
             --cycles) cycles=$2; shift ;;
             --cycles=*) cycles=${1#*=} ;;
+            --kernel) [ $# -ge 2 ] || die "--kernel wants stock, debug or rt"; VM_KERNEL=$2; shift ;;
+            --kernel=*) VM_KERNEL=${1#*=} ;;
             -h | --help)
-                echo "usage: ./dev soak [--quick | --cycles N] [SCENARIO-GLOB]   (scenarios: kill-restart remove-under-load suspend-storm protocol-fuzz memory-pressure)"
+                echo "usage: ./dev soak [--quick | --cycles N] [--kernel stock|debug|rt] [SCENARIO-GLOB]   (scenarios: kill-restart remove-under-load suspend-storm protocol-fuzz memory-pressure)"
                 return 0
                 ;;
             -*) die "./dev soak: unknown option $1" ;;
@@ -82,8 +84,10 @@ dev_soak() {
     need_pkgs "${VM_PKGS[@]}" "${VM_GUEST_PKGS[@]}" python3
     meson_build build
     export VMT_SOAK_CYCLES=$cycles VMT_SOAK_ONLY=$only
+    export VM_KERNEL=${VM_KERNEL:-stock}
     local start=$SECONDS kernel file mem figures results
-    kernel=$(vm_kernel_version) || exit 1
+    vm_kernel
+    kernel="$VM_KVER ($VM_KERNEL)"
     figures=$(mktemp) results=$(mktemp)
     say "soak: $cycles cycles per scenario on $kernel (progress every tenth)"
     # Each file boots a guest of its own size: memory.sh wants a small one.
