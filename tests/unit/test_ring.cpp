@@ -308,3 +308,41 @@ TEST_CASE("file_io: read_at and write_at move whole buffers; past EOF reads zero
     };
     CHECK(r.run(bad()) == std::errc::bad_file_descriptor);
 }
+
+TEST_CASE("ring: destruction ends even if a coroutine reads again after every cancellation") {
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    dmuser::unique_fd rd(p[0]), wr(p[1]);
+    std::byte buf[8];
+    int cancellations = 0;
+    // As a channel loop that has not been told to stop: -ECANCELED means "read again".
+    auto stubborn = [&]() -> task<void> {
+        while ((co_await ring::current()->read(rd.get(), buf, 0)).res == -ECANCELED)
+            ++cancellations;
+    };
+    task<void> t = stubborn(); // outlives the ring: its frame is ours to free
+    {
+        ring r;
+        t.handle().resume();
+        r.run_once(false);
+        CHECK(r.in_flight() >= 2);
+    }
+    CHECK(cancellations > 0);
+    CHECK(!t.done()); // left suspended on a refused read, never in the kernel again
+}
+
+TEST_CASE("ring: destruction ends although a CQE it counts never comes") {
+    dmuser::completion never;
+    never.on_complete = [](dmuser::completion*) noexcept {};
+    {
+        ring r;
+        // A NOP that succeeds posts no CQE: to the ring, a CQE the kernel dropped.
+        io_uring_sqe nop{};
+        io_uring_prep_nop(&nop);
+        nop.flags |= IOSQE_CQE_SKIP_SUCCESS;
+        r.submit(never, nop);
+        r.run_once(false);
+        CHECK(r.in_flight() >= 2);
+    }
+    SUCCEED("the ring closed");
+}

@@ -153,10 +153,17 @@ void server<S>::thread_main(unsigned index, int signal_fd) {
         if (index == 0 && opts_.stats_interval.count() > 0)
             spawn(print_stats(w), "stats printer");
         ++ready_threads_;
-        while (w.live > 0)
-            r.run_once(true);
-    } catch (const std::exception& e) {
-        log::error("server thread {}: {}", index, e.what());
+        try {
+            while (w.live > 0)
+                r.run_once(true);
+        } catch (...) {
+            // The loops must see that they stop before ~ring cancels their reads: a
+            // cancelled read is otherwise read again.
+            w.stopping = true;
+            throw;
+        }
+    } catch (...) {
+        log::error("server thread {}: {}", index, describe(std::current_exception()));
         request_stop(true);
     }
 }
