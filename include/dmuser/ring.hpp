@@ -3,6 +3,7 @@
 // per loop turn, and each CQE's user_data points at the operation that awaits it.
 #pragma once
 
+#include "dmuser/log.hpp"
 #include "dmuser/task.hpp"
 #include "dmuser/unique_fd.hpp"
 
@@ -222,11 +223,25 @@ public:
     // Runs until `t` completes and returns its result (or rethrows its exception).
     template <typename T>
     T run(task<T> t) {
-        bool finished = false;
-        start_and_flag(t, finished);
-        while (!finished)
-            run_once(true);
-        return t.handle().promise().take();
+        if (!t.valid())
+            throw std::invalid_argument("ring::run: empty task");
+        auto h = t.handle();
+        if (!h.done()) {
+            h.promise().continuation = std::noop_coroutine();
+            h.resume();
+        }
+        try {
+            while (!h.done())
+                run_once(true);
+        } catch (...) {
+            // t may be suspended on an operation the kernel still holds: freeing its frame
+            // here would let that CQE land in freed memory. It is handed to an owner that
+            // frees it once it ends (at the latest when this ring shuts down).
+            if (!h.done())
+                release_when_done(std::move(t));
+            throw;
+        }
+        return h.promise().take();
     }
     void stop() noexcept { stopped_ = true; }
     bool stopped() const noexcept { return stopped_; }
@@ -432,7 +447,7 @@ private:
     }
 
     template <typename T>
-    static void start_and_flag(task<T>& t, bool& finished);
+    static void release_when_done(task<T> t);
 
     io_uring ring_{};
     unsigned in_flight_ = 0;
@@ -461,38 +476,44 @@ inline void io_op::await_suspend(std::coroutine_handle<> waiter) {
 }
 
 namespace detail {
-// Runs a task to completion without consuming its result, then raises a flag.
-struct flag_on_done {
+// A coroutine frame that starts at once and frees itself when it ends.
+struct self_owned {
     struct promise_type {
-        flag_on_done get_return_object() noexcept { return {}; }
+        self_owned get_return_object() noexcept { return {}; }
         std::suspend_never initial_suspend() noexcept { return {}; }
         std::suspend_never final_suspend() noexcept { return {}; }
         void return_void() noexcept {}
         void unhandled_exception() noexcept { std::terminate(); }
     };
 };
+// Suspends until a task that already runs ends, without resuming it.
 template <typename Promise>
-struct await_completion {
+struct await_end {
     std::coroutine_handle<Promise> h;
     bool await_ready() const noexcept { return h.done(); }
-    std::coroutine_handle<> await_suspend(std::coroutine_handle<> awaiting) noexcept {
+    void await_suspend(std::coroutine_handle<> awaiting) noexcept {
         h.promise().continuation = awaiting;
-        return h;
     }
     void await_resume() const noexcept {}
 };
 template <typename T>
-flag_on_done wait_then_flag(task<T>& t, bool& finished) {
-    co_await await_completion<typename task<T>::promise_type>{t.handle()};
-    finished = true;
-}
+self_owned own_until_done(task<T> t) {
+    co_await await_end<typename task<T>::promise_type>{t.handle()};
+    if (auto e = t.handle().promise().error) {
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            log::error("a task left by ring::run failed later: {}", ex.what());
+        } catch (...) {
+            log::error("a task left by ring::run failed later");
+        }
+    }
+} // ~task frees the frame
 } // namespace detail
 
 template <typename T>
-void ring::start_and_flag(task<T>& t, bool& finished) {
-    if (!t.valid())
-        throw std::invalid_argument("ring::run: empty task");
-    detail::wait_then_flag(t, finished);
+void ring::release_when_done(task<T> t) {
+    detail::own_until_done(std::move(t));
 }
 
 // The ring that drives the calling thread: inside a store's member, the ring to co_await

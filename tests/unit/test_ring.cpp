@@ -6,6 +6,7 @@
 #include <dmuser/ring.hpp>
 #include <dmuser/spawn.hpp>
 #include <fcntl.h>
+#include <optional>
 #include <poll.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -345,4 +346,41 @@ TEST_CASE("ring: destruction ends although a CQE it counts never comes") {
         CHECK(r.in_flight() >= 2);
     }
     SUCCEED("the ring closed");
+}
+
+TEST_CASE("ring: run(task) that throws leaves the task's frame alive while its read is in flight") {
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    dmuser::unique_fd rd(p[0]), wr(p[1]);
+    std::byte buf[8];
+    int res = 1;
+    bool frame_freed = false;
+    struct on_free {
+        bool& flag;
+        ~on_free() { flag = true; }
+    };
+    std::optional<ring> r(std::in_place);
+    auto reader = [&]() -> task<void> {
+        on_free guard{frame_freed};
+        res = (co_await r->read(rd.get(), buf, 0)).res;
+    };
+    // A loop turn that throws: a SINGLE_ISSUER ring entered from another thread fails
+    // with EEXIST, after the task has queued its read.
+    bool threw = false;
+    std::thread other([&] {
+        try {
+            r->run(reader());
+        } catch (const std::system_error&) {
+            threw = true;
+        }
+    });
+    other.join();
+    if (!threw) {
+        WARN("the kernel lacks IORING_SETUP_SINGLE_ISSUER: no loop turn threw");
+        return;
+    }
+    CHECK(!frame_freed);
+    r.reset(); // submits the read, cancels it, and the task ends
+    CHECK(res == -ECANCELED);
+    CHECK(frame_freed);
 }
