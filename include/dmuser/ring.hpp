@@ -123,11 +123,17 @@ public:
     ~ring() {
         shut_down();
         io_uring_queue_exit(&ring_);
-        if (current_ref() == this)
-            current_ref() = previous_;
+        // Unlink from this thread's chain of rings wherever we are in it: rings need not
+        // be destroyed in the reverse order of their making.
+        for (ring** link = &current_ref(); *link; link = &(*link)->previous_)
+            if (*link == this) {
+                *link = previous_;
+                break;
+            }
     }
 
-    // The ring of the calling thread (the last one constructed on it), or nullptr.
+    // The ring of the calling thread (the last one constructed on it that is still
+    // alive), or nullptr.
     static ring* current() noexcept { return current_ref(); }
 
     // --- operations -------------------------------------------------------------------
@@ -226,6 +232,7 @@ public:
         if (!t.valid())
             throw std::invalid_argument("ring::run: empty task");
         auto h = t.handle();
+        task<T>::claim(h);
         if (!h.done()) {
             h.promise().continuation = std::noop_coroutine();
             h.resume();

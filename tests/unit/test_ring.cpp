@@ -384,3 +384,13 @@ TEST_CASE("ring: run(task) that throws leaves the task's frame alive while its r
     CHECK(res == -ECANCELED);
     CHECK(frame_freed);
 }
+
+TEST_CASE("ring: current() stays right when rings go in the order they were made") {
+    auto first = std::make_unique<ring>();
+    auto second = std::make_unique<ring>();
+    CHECK(ring::current() == second.get());
+    first.reset();
+    CHECK(ring::current() == second.get());
+    second.reset();
+    CHECK(ring::current() == nullptr);
+}
