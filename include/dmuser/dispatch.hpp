@@ -38,7 +38,7 @@ struct void_task_as_error {
     task<void> t;
     task<void>::awaiter inner{t.handle()};
     explicit void_task_as_error(task<void>&& tk) : t(std::move(tk)), inner{t.handle()} {}
-    bool await_ready() const noexcept { return inner.await_ready(); }
+    bool await_ready() { return inner.await_ready(); }
     std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) noexcept {
         return inner.await_suspend(h);
     }
