@@ -5,7 +5,9 @@
 //   return dmuser::serve(store, {.name = "ctl", .threads = 2});
 //
 // On this project's module (Part 2, found with DM_USER_IOC_GET_INFO) each channel keeps
-// `depth` whole-message reads outstanding, buffers sized once from max_payload. On
+// `depth` whole-message reads outstanding, buffers sized once from max_payload. Every
+// read is a readv into {the 40-byte header, a page-aligned payload}, and every response
+// a writev of {header, data}, so what a store sees is page-aligned. On
 // Android's module (ENOTTY) each channel serves one request at a time, header then
 // payload. run() returns after SIGINT/SIGTERM, stop(), or the target's removal
 // (ENOTBLK), having answered every request it read.
@@ -119,9 +121,12 @@ public:
     bool ready() const { return ready_threads_.load() == opts_.threads; }
 
 private:
+    // A request's header and its payload are read apart (readv), so the payload (a
+    // WRITE's data, a READ's answer) starts on a page, as O_DIRECT backing I/O needs.
     struct slot {
-        detail::page_buffer buffer;
-        std::size_t capacity = 0;
+        alignas(64) std::byte header[header_size];
+        detail::page_buffer buffer;     // the payload, page-aligned
+        std::size_t capacity = 0;       // of buffer
         bool landed = false;            // the WRITE just read is already in the store
         std::uint64_t pending_read = 0; // io_op id of a read that may be cancelled
         iovec iov[2]{};
@@ -190,7 +195,7 @@ private:
     module_info module_;
     bool whole_messages_ = false;
     bool split_writes_ = false; // whole-message reads stop early for write_view
-    std::size_t read_size_ = 0; // bytes asked of each whole-message read
+    std::size_t read_size_ = 0; // payload bytes asked of each whole-message read
     std::uint64_t max_payload_ = 0;
     std::uint64_t store_size_ = 0;
     std::vector<std::unique_ptr<channel>> channels_;
