@@ -36,6 +36,7 @@
 #include <memory>
 #include <mutex>
 #include <signal.h>
+#include <stdexcept>
 #include <string>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -99,7 +100,8 @@ public:
     server(const server&) = delete;
     server& operator=(const server&) = delete;
 
-    // Serves until stopped; 0 after a clean stop, 1 after a fatal error.
+    // Serves until stopped; 0 after a clean stop, 1 after a fatal error. Once per server:
+    // a second call throws std::logic_error (its threads and channels are gone).
     int run();
 
     // Stop reading, answer what was read, return from run(). Thread-safe; not
@@ -115,10 +117,10 @@ public:
     }
     const module_info& module() const { return module_; }
     std::uint64_t max_payload() const { return max_payload_; }
-    // Channels opened; meaningful once ready().
-    std::size_t channels_open() const { return ready() ? channels_.size() : 0; }
-    // True once every thread's ring is up and its channels are reading.
-    bool ready() const { return ready_threads_.load() == opts_.threads; }
+    // Channels open while ready(), else 0.
+    std::size_t channels_open() const { return ready() ? channels_open_.load() : 0; }
+    // True once every thread's ring is up and its channels are reading, until run() ends.
+    bool ready() const { return !finished_.load() && ready_threads_.load() == opts_.threads; }
 
 private:
     // A request's header and its payload are read apart (readv), so the payload (a
@@ -206,6 +208,9 @@ private:
     bool failed_ = false;
     std::atomic<bool> target_gone_{false};
     std::atomic<unsigned> ready_threads_{0};
+    std::atomic<bool> started_{false};
+    std::atomic<bool> finished_{false};
+    std::atomic<std::size_t> channels_open_{0}; // read by other threads, unlike channels_
     std::atomic<bool> io_flusher_warned_{false};
 };
 

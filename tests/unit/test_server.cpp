@@ -412,3 +412,21 @@ TEST_CASE("server: SIGTERM answers the requests in flight, then stops") {
     for (auto& a : answers)
         CHECK(a.get().result == DM_USER_RESP_SUCCESS);
 }
+
+TEST_CASE("server: a second run() throws logic_error instead of using freed channels") {
+    fake_kernel k;
+    mem_store store(k.options().device_bytes);
+    running_server s(store, k);
+    CHECK(s.stop() == 0);
+    CHECK_THROWS_AS(s.srv.run(), std::logic_error);
+}
+
+TEST_CASE("server: once run() has returned, ready() is false and no channel is open") {
+    fake_kernel k;
+    mem_store store(k.options().device_bytes);
+    running_server s(store, k, {.channels = 2});
+    CHECK(s.srv.channels_open() == 2);
+    CHECK(s.stop() == 0);
+    CHECK_FALSE(s.srv.ready());
+    CHECK(s.srv.channels_open() == 0);
+}

@@ -10,6 +10,8 @@ namespace dmuser {
 
 template <BlockStore S>
 int server<S>::run() {
+    if (started_.exchange(true))
+        throw std::logic_error("dmuser::server::run() called twice: make a new server");
     store_size_ = store_.size();
     auto open_channels = [&](std::size_t count) {
         while (channels_.size() < count) {
@@ -71,6 +73,7 @@ int server<S>::run() {
             s->capacity = first_capacity;
             ch->slots.push_back(std::move(s));
         }
+    channels_open_ = channels_.size();
     {
         std::lock_guard lock(mutex_);
         for (unsigned t = 0; t < opts_.threads; ++t)
@@ -112,6 +115,8 @@ int server<S>::run() {
         }
         pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
     }
+    finished_ = true;
+    channels_open_ = 0;
     log::info("{}: stopped; {}", source_.describe(), stats().to_string());
     channels_.clear();
     return failed_ ? 1 : 0;
