@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <array>
 #include <coroutine>
+#include <cstring>
 #include <span>
 #include <system_error>
 #include <type_traits>
@@ -138,6 +139,10 @@ task<reply> dispatch(S& store, request req, std::span<std::byte> read_area) {
                     co_return out;
                 }
             }
+            // The area still holds an earlier request's bytes: a store that succeeds
+            // without filling its span must answer zeros, never those.
+            if constexpr (!fills_reads<S>)
+                std::memset(read_area.data(), 0, req.len);
             ec = co_await invoke_store(
                 [&] { return store.read(req.offset(), read_area.first(req.len)); });
             if (!ec)

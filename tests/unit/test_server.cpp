@@ -430,3 +430,26 @@ TEST_CASE("server: once run() has returned, ready() is false and no channel is o
     CHECK_FALSE(s.srv.ready());
     CHECK(s.srv.channels_open() == 0);
 }
+
+namespace {
+// Succeeds without filling its span past the first MiB.
+struct lazy_store : mem_store {
+    using mem_store::mem_store;
+    void read(std::uint64_t off, std::span<std::byte> out) {
+        if (off < (1u << 20))
+            mem_store::read(off, out);
+    }
+};
+} // namespace
+
+TEST_CASE("server: a READ the store does not fill answers zeros, not an earlier request's bytes") {
+    fake_kernel k;
+    lazy_store store(k.options().device_bytes);
+    // One slot, so both READs use the same buffer.
+    running_server s(store, k, {.depth = 1});
+    auto secret = pattern(4096, 70);
+    REQUIRE(k.write(0, secret).result == DM_USER_RESP_SUCCESS);
+    REQUIRE(k.read(0, 4096).data == secret);
+    CHECK(k.read(2u << 20, 4096).data == std::vector<std::byte>(4096));
+    CHECK(s.stop() == 0);
+}
