@@ -453,3 +453,15 @@ TEST_CASE("server: a READ the store does not fill answers zeros, not an earlier 
     CHECK(k.read(2u << 20, 4096).data == std::vector<std::byte>(4096));
     CHECK(s.stop() == 0);
 }
+
+TEST_CASE("server, Part 1: write_view_above = 0 means no WRITE lands in the store's pages") {
+    fake_kernel k(part1());
+    test::landing_store store(k.options().device_bytes);
+    running_server s(store, k, {.write_view_above = 0});
+    auto big = pattern(65536, 80);
+    CHECK(k.write(0, big).result == DM_USER_RESP_SUCCESS);
+    CHECK(k.read(0, 65536).data == big);
+    CHECK(store.landed_writes == 0);
+    CHECK(store.copied_writes == 1);
+    CHECK(s.stop() == 0);
+}

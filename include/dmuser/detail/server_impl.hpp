@@ -257,8 +257,9 @@ task<bool> server<S>::read_fully(worker& w, int fd, std::byte* at, std::size_t n
 template <BlockStore S>
 std::byte* server<S>::landing_zone(slot& s, const request& req) {
     if constexpr (has_write_view<S>) {
-        if (req.type != DM_USER_REQ_MAP_WRITE || req.len == 0 || !s.bad.empty() ||
-            !check_request(req, max_payload_, store_size_).empty())
+        // write_view_above == 0 is "never", on Part 1 too.
+        if (opts_.write_view_above == 0 || req.type != DM_USER_REQ_MAP_WRITE || req.len == 0 ||
+            !s.bad.empty() || !check_request(req, max_payload_, store_size_).empty())
             return nullptr;
         // Ordering against a flush needs the store's own write paths.
         if ((has_flush<S> || has_write_fua<S>)&&(req.has(DM_USER_REQ_MAP_FLAG_PREFLUSH) ||
