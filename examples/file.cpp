@@ -44,8 +44,8 @@ daemon: start it again with --attach while the device exists, or without it late
 
 )";
 
-// Aligned bounce memory for O_DIRECT when the SDK's buffer is not aligned: the payload of a
-// whole-message read starts right after the 40-byte header.
+// Page-aligned memory, for the zeros written with O_DIRECT. Request payloads need none:
+// the SDK hands every store page-aligned spans.
 struct FreeAligned {
     void operator()(std::byte* p) const { std::free(p); }
 };
@@ -53,19 +53,13 @@ using AlignedBuffer = std::unique_ptr<std::byte[], FreeAligned>;
 
 class FileStore {
 public:
-    FileStore(dmuser::unique_fd fd, dmuser::unique_fd dsync_fd, std::uint64_t bytes, bool direct)
-        : fd_(std::move(fd)), dsync_fd_(std::move(dsync_fd)), bytes_(bytes), direct_(direct) {}
+    FileStore(dmuser::unique_fd fd, dmuser::unique_fd dsync_fd, std::uint64_t bytes)
+        : fd_(std::move(fd)), dsync_fd_(std::move(dsync_fd)), bytes_(bytes) {}
 
     std::uint64_t size() const { return bytes_; }
 
     task<std::error_code> read(std::uint64_t off, std::span<std::byte> out) {
-        if (!needs_bounce(out.data(), out.size()))
-            co_return co_await dmuser::read_at(fd_.get(), out, off);
-        auto bounce = aligned(out.size());
-        auto ec = co_await dmuser::read_at(fd_.get(), std::span(bounce.get(), out.size()), off);
-        if (!ec)
-            std::memcpy(out.data(), bounce.get(), out.size());
-        co_return ec;
+        return dmuser::read_at(fd_.get(), out, off);
     }
     task<std::error_code> write(std::uint64_t off, std::span<const std::byte> in) {
         return write_to(fd_.get(), off, in);
@@ -115,9 +109,6 @@ public:
     }
 
 private:
-    bool needs_bounce(const void* p, std::size_t len) const {
-        return direct_ && ((reinterpret_cast<std::uintptr_t>(p) | len) % 512) != 0;
-    }
     static AlignedBuffer aligned(std::size_t len) {
         auto* p = static_cast<std::byte*>(std::aligned_alloc(4096, (len + 4095) / 4096 * 4096));
         if (!p)
@@ -125,17 +116,11 @@ private:
         return AlignedBuffer(p);
     }
     task<std::error_code> write_to(int fd, std::uint64_t off, std::span<const std::byte> in) {
-        if (!needs_bounce(in.data(), in.size()))
-            co_return co_await dmuser::write_at(fd, in, off);
-        auto bounce = aligned(in.size());
-        std::memcpy(bounce.get(), in.data(), in.size());
-        co_return co_await dmuser::write_at(fd, std::span<const std::byte>(bounce.get(), in.size()),
-                                            off);
+        return dmuser::write_at(fd, in, off);
     }
 
     dmuser::unique_fd fd_, dsync_fd_;
     std::uint64_t bytes_;
-    bool direct_;
     // Learnt from the first refusal; a stale true only costs one more refused call.
     std::atomic<bool> zero_range_works_{true}, punch_works_{true};
 };
@@ -207,7 +192,7 @@ int run(int argc, char** argv) {
         throw std::invalid_argument(fmt::format("{}: {}", path, *why));
     auto dsync = open_backing(path, direct_flag | O_DSYNC, false);
 
-    FileStore store(std::move(fd), std::move(dsync), bytes, direct);
+    FileStore store(std::move(fd), std::move(dsync), bytes);
     return run_daemon("dmuser-file", store, opt,
                       fmt::format("{}{}", path, direct ? " (O_DIRECT)" : ""));
 }

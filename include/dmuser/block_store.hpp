@@ -80,4 +80,14 @@ concept has_write_view = requires(S& s, std::uint64_t offset, std::uint64_t len)
     { s.write_view(offset, len) } -> std::convertible_to<std::span<std::byte>>;
 };
 
+// The READ contract: read() fills its whole span on success. The span is the slot's
+// buffer, which held an earlier request's bytes, so the server zeroes it first: a store
+// that leaves part of it untouched answers zeros there, never another request's data. A
+// store that always fills every byte can skip that memset by declaring
+// `static constexpr bool fills_reads = true;`.
+template <typename S>
+concept fills_reads = requires {
+    requires static_cast<bool>(S::fills_reads);
+};
+
 } // namespace dmuser

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <array>
 #include <coroutine>
+#include <cstring>
 #include <span>
 #include <system_error>
 #include <type_traits>
@@ -38,7 +39,7 @@ struct void_task_as_error {
     task<void> t;
     task<void>::awaiter inner{t.handle()};
     explicit void_task_as_error(task<void>&& tk) : t(std::move(tk)), inner{t.handle()} {}
-    bool await_ready() const noexcept { return inner.await_ready(); }
+    bool await_ready() { return inner.await_ready(); }
     std::coroutine_handle<> await_suspend(std::coroutine_handle<> h) noexcept {
         return inner.await_suspend(h);
     }
@@ -138,6 +139,10 @@ task<reply> dispatch(S& store, request req, std::span<std::byte> read_area) {
                     co_return out;
                 }
             }
+            // The area still holds an earlier request's bytes: a store that succeeds
+            // without filling its span must answer zeros, never those.
+            if constexpr (!fills_reads<S>)
+                std::memset(read_area.data(), 0, req.len);
             ec = co_await invoke_store(
                 [&] { return store.read(req.offset(), read_area.first(req.len)); });
             if (!ec)

@@ -3,6 +3,7 @@
 // per loop turn, and each CQE's user_data points at the operation that awaits it.
 #pragma once
 
+#include "dmuser/log.hpp"
 #include "dmuser/task.hpp"
 #include "dmuser/unique_fd.hpp"
 
@@ -117,22 +118,22 @@ public:
     ring(const ring&) = delete;
     ring& operator=(const ring&) = delete;
 
-    // Cancels what is still in flight and waits for every CQE, so no buffer is written
-    // after its owner is gone, then closes the ring.
+    // Closes: cancels what is still in flight and waits for its CQEs, so no buffer is
+    // written after its owner is gone, then closes the ring. Bounded (see shut_down()).
     ~ring() {
-        closing_ = true;
-        try {
-            drain();
-        } catch (...) {
-            // Nothing to report to: the ring is going away; io_uring_queue_exit still
-            // makes the kernel cancel and reap whatever is left.
-        }
+        shut_down();
         io_uring_queue_exit(&ring_);
-        if (current_ref() == this)
-            current_ref() = previous_;
+        // Unlink from this thread's chain of rings wherever we are in it: rings need not
+        // be destroyed in the reverse order of their making.
+        for (ring** link = &current_ref(); *link; link = &(*link)->previous_)
+            if (*link == this) {
+                *link = previous_;
+                break;
+            }
     }
 
-    // The ring of the calling thread (the last one constructed on it), or nullptr.
+    // The ring of the calling thread (the last one constructed on it that is still
+    // alive), or nullptr.
     static ring* current() noexcept { return current_ref(); }
 
     // --- operations -------------------------------------------------------------------
@@ -228,11 +229,26 @@ public:
     // Runs until `t` completes and returns its result (or rethrows its exception).
     template <typename T>
     T run(task<T> t) {
-        bool finished = false;
-        start_and_flag(t, finished);
-        while (!finished)
-            run_once(true);
-        return t.handle().promise().take();
+        if (!t.valid())
+            throw std::invalid_argument("ring::run: empty task");
+        auto h = t.handle();
+        task<T>::claim(h);
+        if (!h.done()) {
+            h.promise().continuation = std::noop_coroutine();
+            h.resume();
+        }
+        try {
+            while (!h.done())
+                run_once(true);
+        } catch (...) {
+            // t may be suspended on an operation the kernel still holds: freeing its frame
+            // here would let that CQE land in freed memory. It is handed to an owner that
+            // frees it once it ends (at the latest when this ring shuts down).
+            if (!h.done())
+                release_when_done(std::move(t));
+            throw;
+        }
+        return h.promise().take();
     }
     void stop() noexcept { stopped_ = true; }
     bool stopped() const noexcept { return stopped_; }
@@ -247,24 +263,21 @@ public:
         [[maybe_unused]] auto n = ::write(wake_fd_.get(), &one, sizeof one);
     }
 
-    // Cancels every operation in flight and runs until their CQEs are all reaped; the
-    // awaiting coroutines resume with -ECANCELED (or their real result if they won).
-    void drain() {
-        while (in_flight_ > 0) {
-            io_uring_sqe* s = get_sqe();
-            io_uring_prep_cancel64(s, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
-            io_uring_sqe_set_data(s, nullptr);
-            run_once(true);
-        }
-        run_ready();
-    }
-
     // Operations whose CQE has not been reaped (including the ring's own wake-up read).
     unsigned in_flight() const noexcept { return in_flight_; }
     io_uring* native() noexcept { return &ring_; }
 
     // For custom operations: queue a copy of `prepared` whose CQE completes `c`.
+    // Once the ring is closing, nothing more reaches the kernel: `c` completes with
+    // -ECANCELED in a later turn, so a coroutine that retries after a cancellation cannot
+    // keep the shutdown going (see shut_down()).
     void submit(completion& c, const io_uring_sqe& prepared) {
+        if (closing_) {
+            c.res = -ECANCELED;
+            c.cqe_flags = 0;
+            make_ready(c);
+            return;
+        }
         io_uring_sqe* s = get_sqe();
         *s = prepared;
         io_uring_sqe_set_data(s, &c);
@@ -325,27 +338,94 @@ private:
             auto* c = static_cast<completion*>(io_uring_cqe_get_data(cqe));
             if (!c)
                 continue; // the ring's own cancel requests carry no state
+            if (c == &probe_) {
+                probe_.res = cqe->res;
+                probe_done_ = true;
+                continue;
+            }
             --in_flight_;
             c->res = cqe->res;
             c->cqe_flags = cqe->flags;
-            c->next_ready = nullptr;
-            if (ready_tail_)
-                ready_tail_->next_ready = c;
-            else
-                ready_head_ = c;
-            ready_tail_ = c;
+            make_ready(*c);
         }
         io_uring_cq_advance(&ring_, seen);
     }
+    void make_ready(completion& c) noexcept {
+        c.next_ready = nullptr;
+        if (ready_tail_)
+            ready_tail_->next_ready = &c;
+        else
+            ready_head_ = &c;
+        ready_tail_ = &c;
+    }
+    // Resumes what is ready now; what becomes ready meanwhile waits for the next turn, so
+    // one turn is bounded even when a resumed coroutine at once completes another op.
     void run_ready() noexcept {
-        while (completion* c = ready_head_) {
-            ready_head_ = c->next_ready;
-            if (!ready_head_)
-                ready_tail_ = nullptr;
+        completion* c = std::exchange(ready_head_, nullptr);
+        ready_tail_ = nullptr;
+        while (c) {
+            completion* next = c->next_ready;
             c->on_complete(c);
+            c = next;
         }
     }
 
+    // The bounded shutdown of ~ring. From here on submit() refuses new work, so only what
+    // the kernel already holds can keep us waiting: each round asks the kernel to cancel
+    // everything and waits for that request's answer, then resumes what completed. It
+    // ends when nothing is in flight and nothing ready, or
+    //  - when the kernel twice in a row finds nothing to cancel and no CQE came: the
+    //    CQEs still counted in flight will never come (dropped on CQ overflow, or an SQE
+    //    that asked for none), so there is nothing left to wait for;
+    //  - after `max_idle_rounds` rounds with nothing in flight: what is still ready then
+    //    are coroutines that retry, refused, forever; they are left suspended;
+    //  - if io_uring_enter fails for good: the kernel cancels on io_uring_queue_exit.
+    void shut_down() noexcept {
+        closing_ = true;
+        constexpr unsigned max_idle_rounds = 64;
+        unsigned idle_rounds = 0, found_nothing = 0;
+        while (in_flight_ > 0 || ready_head_) {
+            if (in_flight_ == 0) {
+                if (++idle_rounds > max_idle_rounds)
+                    return;
+                run_ready();
+                continue;
+            }
+            // Only reaping lowers in_flight_ now that submit() refuses new work.
+            const unsigned before = in_flight_;
+            if (!probe_cancel_all())
+                return;
+            // With CANCEL_ALL the answer is how many were found: 0 (or, on some
+            // kernels, -ENOENT) is none.
+            if ((probe_.res == 0 || probe_.res == -ENOENT) && in_flight_ == before) {
+                if (++found_nothing >= 2)
+                    return;
+            } else {
+                found_nothing = 0;
+            }
+            run_ready();
+        }
+    }
+    // Submits a cancellation of everything in flight and waits for its own CQE (reaping
+    // the others as they come; the probe is not counted in in_flight_). False if the ring cannot be
+    // entered.
+    bool probe_cancel_all() noexcept {
+        io_uring_sqe* s = io_uring_get_sqe(&ring_);
+        if (!s) {
+            if (io_uring_submit(&ring_) < 0 || !(s = io_uring_get_sqe(&ring_)))
+                return false;
+        }
+        io_uring_prep_cancel64(s, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data(s, &probe_);
+        probe_done_ = false;
+        while (!probe_done_) {
+            int r = io_uring_submit_and_wait(&ring_, 1);
+            if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME)
+                return false;
+            reap();
+        }
+        return true;
+    }
     void arm_wake() {
         io_uring_sqe prepared{};
         io_uring_prep_read(&prepared, wake_fd_.get(), &wake_count_, sizeof wake_count_, 0);
@@ -374,7 +454,7 @@ private:
     }
 
     template <typename T>
-    static void start_and_flag(task<T>& t, bool& finished);
+    static void release_when_done(task<T> t);
 
     io_uring ring_{};
     unsigned in_flight_ = 0;
@@ -383,6 +463,8 @@ private:
     bool stopped_ = false;
     bool closing_ = false;
     ring* previous_ = nullptr;
+    completion probe_; // shut_down's cancel-everything request
+    bool probe_done_ = false;
 
     struct wake_completion : completion {
         ring* owner = nullptr;
@@ -401,38 +483,44 @@ inline void io_op::await_suspend(std::coroutine_handle<> waiter) {
 }
 
 namespace detail {
-// Runs a task to completion without consuming its result, then raises a flag.
-struct flag_on_done {
+// A coroutine frame that starts at once and frees itself when it ends.
+struct self_owned {
     struct promise_type {
-        flag_on_done get_return_object() noexcept { return {}; }
+        self_owned get_return_object() noexcept { return {}; }
         std::suspend_never initial_suspend() noexcept { return {}; }
         std::suspend_never final_suspend() noexcept { return {}; }
         void return_void() noexcept {}
         void unhandled_exception() noexcept { std::terminate(); }
     };
 };
+// Suspends until a task that already runs ends, without resuming it.
 template <typename Promise>
-struct await_completion {
+struct await_end {
     std::coroutine_handle<Promise> h;
     bool await_ready() const noexcept { return h.done(); }
-    std::coroutine_handle<> await_suspend(std::coroutine_handle<> awaiting) noexcept {
+    void await_suspend(std::coroutine_handle<> awaiting) noexcept {
         h.promise().continuation = awaiting;
-        return h;
     }
     void await_resume() const noexcept {}
 };
 template <typename T>
-flag_on_done wait_then_flag(task<T>& t, bool& finished) {
-    co_await await_completion<typename task<T>::promise_type>{t.handle()};
-    finished = true;
-}
+self_owned own_until_done(task<T> t) {
+    co_await await_end<typename task<T>::promise_type>{t.handle()};
+    if (auto e = t.handle().promise().error) {
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            log::error("a task left by ring::run failed later: {}", ex.what());
+        } catch (...) {
+            log::error("a task left by ring::run failed later");
+        }
+    }
+} // ~task frees the frame
 } // namespace detail
 
 template <typename T>
-void ring::start_and_flag(task<T>& t, bool& finished) {
-    if (!t.valid())
-        throw std::invalid_argument("ring::run: empty task");
-    detail::wait_then_flag(t, finished);
+void ring::release_when_done(task<T> t) {
+    detail::own_until_done(std::move(t));
 }
 
 // The ring that drives the calling thread: inside a store's member, the ring to co_await

@@ -5,7 +5,9 @@
 //   return dmuser::serve(store, {.name = "ctl", .threads = 2});
 //
 // On this project's module (Part 2, found with DM_USER_IOC_GET_INFO) each channel keeps
-// `depth` whole-message reads outstanding, buffers sized once from max_payload. On
+// `depth` whole-message reads outstanding, buffers sized once from max_payload. Every
+// read is a readv into {the 40-byte header, a page-aligned payload}, and every response
+// a writev of {header, data}, so what a store sees is page-aligned. On
 // Android's module (ENOTTY) each channel serves one request at a time, header then
 // payload. run() returns after SIGINT/SIGTERM, stop(), or the target's removal
 // (ENOTBLK), having answered every request it read.
@@ -34,6 +36,7 @@
 #include <memory>
 #include <mutex>
 #include <signal.h>
+#include <stdexcept>
 #include <string>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -97,7 +100,8 @@ public:
     server(const server&) = delete;
     server& operator=(const server&) = delete;
 
-    // Serves until stopped; 0 after a clean stop, 1 after a fatal error.
+    // Serves until stopped; 0 after a clean stop, 1 after a fatal error. Once per server:
+    // a second call throws std::logic_error (its threads and channels are gone).
     int run();
 
     // Stop reading, answer what was read, return from run(). Thread-safe; not
@@ -113,15 +117,18 @@ public:
     }
     const module_info& module() const { return module_; }
     std::uint64_t max_payload() const { return max_payload_; }
-    // Channels opened; meaningful once ready().
-    std::size_t channels_open() const { return ready() ? channels_.size() : 0; }
-    // True once every thread's ring is up and its channels are reading.
-    bool ready() const { return ready_threads_.load() == opts_.threads; }
+    // Channels open while ready(), else 0.
+    std::size_t channels_open() const { return ready() ? channels_open_.load() : 0; }
+    // True once every thread's ring is up and its channels are reading, until run() ends.
+    bool ready() const { return !finished_.load() && ready_threads_.load() == opts_.threads; }
 
 private:
+    // A request's header and its payload are read apart (readv), so the payload (a
+    // WRITE's data, a READ's answer) starts on a page, as O_DIRECT backing I/O needs.
     struct slot {
-        detail::page_buffer buffer;
-        std::size_t capacity = 0;
+        alignas(64) std::byte header[header_size];
+        detail::page_buffer buffer;     // the payload, page-aligned
+        std::size_t capacity = 0;       // of buffer
         bool landed = false;            // the WRITE just read is already in the store
         std::uint64_t pending_read = 0; // io_op id of a read that may be cancelled
         iovec iov[2]{};
@@ -190,7 +197,7 @@ private:
     module_info module_;
     bool whole_messages_ = false;
     bool split_writes_ = false; // whole-message reads stop early for write_view
-    std::size_t read_size_ = 0; // bytes asked of each whole-message read
+    std::size_t read_size_ = 0; // payload bytes asked of each whole-message read
     std::uint64_t max_payload_ = 0;
     std::uint64_t store_size_ = 0;
     std::vector<std::unique_ptr<channel>> channels_;
@@ -201,6 +208,9 @@ private:
     bool failed_ = false;
     std::atomic<bool> target_gone_{false};
     std::atomic<unsigned> ready_threads_{0};
+    std::atomic<bool> started_{false};
+    std::atomic<bool> finished_{false};
+    std::atomic<std::size_t> channels_open_{0}; // read by other threads, unlike channels_
     std::atomic<bool> io_flusher_warned_{false};
 };
 

@@ -7,6 +7,7 @@
 #include <coroutine>
 #include <exception>
 #include <optional>
+#include <stdexcept>
 #include <type_traits>
 #include <utility>
 
@@ -20,6 +21,7 @@ namespace detail {
 struct task_promise_base : frame_allocated {
     std::coroutine_handle<> continuation = std::noop_coroutine();
     std::exception_ptr error;
+    bool awaited = false; // a second co_await would resume it twice, or take a moved value
 
     std::suspend_always initial_suspend() noexcept { return {}; }
 
@@ -95,9 +97,16 @@ public:
     bool valid() const noexcept { return static_cast<bool>(h_); }
     bool done() const noexcept { return !h_ || h_.done(); }
 
+    // Awaiting an empty task, or one awaited (or run) before, throws std::logic_error
+    // in the awaiting coroutine.
     struct awaiter {
         std::coroutine_handle<promise_type> h;
-        bool await_ready() const noexcept { return !h || h.done(); }
+        bool await_ready() {
+            if (!h)
+                throw std::logic_error("co_await on an empty dmuser::task");
+            claim(h);
+            return h.done();
+        }
         std::coroutine_handle<> await_suspend(std::coroutine_handle<> awaiting) noexcept {
             h.promise().continuation = awaiting;
             return h;
@@ -106,6 +115,12 @@ public:
     };
     awaiter operator co_await() & noexcept { return awaiter{h_}; }
     awaiter operator co_await() && noexcept { return awaiter{h_}; }
+
+    // Marks a task as awaited once; for drivers that start it themselves (ring::run).
+    static void claim(std::coroutine_handle<promise_type> h) {
+        if (std::exchange(h.promise().awaited, true))
+            throw std::logic_error("dmuser::task awaited twice");
+    }
 
     // For drivers (ring::run, spawn): start or inspect the coroutine directly.
     std::coroutine_handle<promise_type> handle() const noexcept { return h_; }

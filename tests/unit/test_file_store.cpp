@@ -38,3 +38,65 @@ TEST_CASE("file store: a failing backing file answers ERROR, the server keeps go
     ::close(saved);
     CHECK(s.srv.stats().ops[1].errors == 1);
 }
+
+namespace {
+// Records whether every span it was handed starts on a page.
+struct alignment_store : test::mem_store {
+    using mem_store::mem_store;
+    std::atomic<int> unaligned{0};
+    static bool on_page(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 4096 == 0; }
+    void read(std::uint64_t off, std::span<std::byte> out) {
+        unaligned += !on_page(out.data());
+        mem_store::read(off, out);
+    }
+    void write(std::uint64_t off, std::span<const std::byte> in) {
+        unaligned += !on_page(in.data());
+        mem_store::write(off, in);
+    }
+};
+} // namespace
+
+TEST_CASE("server: every payload a store sees starts on a page, Part 1 and Part 2") {
+    for (bool p2 : {true, false}) {
+        dmuser::testing::fake_options o;
+        o.part2 = p2;
+        fake_kernel k(o);
+        alignment_store store(k.options().device_bytes);
+        test::running_server s(store, k, {.depth = 4});
+        INFO("part2 " << p2);
+        for (std::size_t len : {512u, 4096u, 65536u}) {
+            auto data = test::pattern(len, static_cast<unsigned>(len));
+            CHECK(k.write(len * 4, data).result == DM_USER_RESP_SUCCESS);
+            CHECK(k.read(len * 4, len).data == data);
+        }
+        CHECK(store.unaligned == 0);
+        CHECK(s.stop() == 0);
+        CHECK(k.violations().empty());
+    }
+}
+
+TEST_CASE("file store: the README's store works with the file opened O_DIRECT") {
+    char tmpl[] = "/var/tmp/dmuser-direct-XXXXXX";
+    int fd = ::mkstemp(tmpl);
+    REQUIRE(fd >= 0);
+    REQUIRE(::ftruncate(fd, 8 << 20) == 0);
+    int direct = ::open(tmpl, O_RDWR | O_DIRECT | O_CLOEXEC);
+    ::close(fd);
+    ::unlink(tmpl);
+    if (direct < 0) {
+        WARN("/var/tmp does not support O_DIRECT: " << std::strerror(errno));
+        return;
+    }
+    dmuser::testing::fake_options o;
+    o.device_bytes = 8 << 20;
+    fake_kernel k(o);
+    test::file_store store{dmuser::unique_fd(direct), o.device_bytes};
+    test::running_server s(store, k);
+    for (std::size_t len : {4096u, 65536u, 131072u}) {
+        auto data = test::pattern(len, static_cast<unsigned>(len) + 1);
+        CHECK(k.write(len * 8, data).result == DM_USER_RESP_SUCCESS);
+        CHECK(k.read(len * 8, len).data == data);
+    }
+    CHECK(k.flush().result == DM_USER_RESP_SUCCESS);
+    CHECK(s.stop() == 0);
+}

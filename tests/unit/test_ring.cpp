@@ -6,6 +6,7 @@
 #include <dmuser/ring.hpp>
 #include <dmuser/spawn.hpp>
 #include <fcntl.h>
+#include <optional>
 #include <poll.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -307,4 +308,89 @@ TEST_CASE("file_io: read_at and write_at move whole buffers; past EOF reads zero
         co_return co_await dmuser::read_at(-1, b, 0);
     };
     CHECK(r.run(bad()) == std::errc::bad_file_descriptor);
+}
+
+TEST_CASE("ring: destruction ends even if a coroutine reads again after every cancellation") {
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    dmuser::unique_fd rd(p[0]), wr(p[1]);
+    std::byte buf[8];
+    int cancellations = 0;
+    // As a channel loop that has not been told to stop: -ECANCELED means "read again".
+    auto stubborn = [&]() -> task<void> {
+        while ((co_await ring::current()->read(rd.get(), buf, 0)).res == -ECANCELED)
+            ++cancellations;
+    };
+    task<void> t = stubborn(); // outlives the ring: its frame is ours to free
+    {
+        ring r;
+        t.handle().resume();
+        r.run_once(false);
+        CHECK(r.in_flight() >= 2);
+    }
+    CHECK(cancellations > 0);
+    CHECK(!t.done()); // left suspended on a refused read, never in the kernel again
+}
+
+TEST_CASE("ring: destruction ends although a CQE it counts never comes") {
+    dmuser::completion never;
+    never.on_complete = [](dmuser::completion*) noexcept {};
+    {
+        ring r;
+        // A NOP that succeeds posts no CQE: to the ring, a CQE the kernel dropped.
+        io_uring_sqe nop{};
+        io_uring_prep_nop(&nop);
+        nop.flags |= IOSQE_CQE_SKIP_SUCCESS;
+        r.submit(never, nop);
+        r.run_once(false);
+        CHECK(r.in_flight() >= 2);
+    }
+    SUCCEED("the ring closed");
+}
+
+TEST_CASE("ring: run(task) that throws leaves the task's frame alive while its read is in flight") {
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    dmuser::unique_fd rd(p[0]), wr(p[1]);
+    std::byte buf[8];
+    int res = 1;
+    bool frame_freed = false;
+    struct on_free {
+        bool& flag;
+        ~on_free() { flag = true; }
+    };
+    std::optional<ring> r(std::in_place);
+    auto reader = [&]() -> task<void> {
+        on_free guard{frame_freed};
+        res = (co_await r->read(rd.get(), buf, 0)).res;
+    };
+    // A loop turn that throws: a SINGLE_ISSUER ring entered from another thread fails
+    // with EEXIST, after the task has queued its read.
+    bool threw = false;
+    std::thread other([&] {
+        try {
+            r->run(reader());
+        } catch (const std::system_error&) {
+            threw = true;
+        }
+    });
+    other.join();
+    if (!threw) {
+        WARN("the kernel lacks IORING_SETUP_SINGLE_ISSUER: no loop turn threw");
+        return;
+    }
+    CHECK(!frame_freed);
+    r.reset(); // submits the read, cancels it, and the task ends
+    CHECK(res == -ECANCELED);
+    CHECK(frame_freed);
+}
+
+TEST_CASE("ring: current() stays right when rings go in the order they were made") {
+    auto first = std::make_unique<ring>();
+    auto second = std::make_unique<ring>();
+    CHECK(ring::current() == second.get());
+    first.reset();
+    CHECK(ring::current() == second.get());
+    second.reset();
+    CHECK(ring::current() == nullptr);
 }

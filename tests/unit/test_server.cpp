@@ -412,3 +412,56 @@ TEST_CASE("server: SIGTERM answers the requests in flight, then stops") {
     for (auto& a : answers)
         CHECK(a.get().result == DM_USER_RESP_SUCCESS);
 }
+
+TEST_CASE("server: a second run() throws logic_error instead of using freed channels") {
+    fake_kernel k;
+    mem_store store(k.options().device_bytes);
+    running_server s(store, k);
+    CHECK(s.stop() == 0);
+    CHECK_THROWS_AS(s.srv.run(), std::logic_error);
+}
+
+TEST_CASE("server: once run() has returned, ready() is false and no channel is open") {
+    fake_kernel k;
+    mem_store store(k.options().device_bytes);
+    running_server s(store, k, {.channels = 2});
+    CHECK(s.srv.channels_open() == 2);
+    CHECK(s.stop() == 0);
+    CHECK_FALSE(s.srv.ready());
+    CHECK(s.srv.channels_open() == 0);
+}
+
+namespace {
+// Succeeds without filling its span past the first MiB.
+struct lazy_store : mem_store {
+    using mem_store::mem_store;
+    void read(std::uint64_t off, std::span<std::byte> out) {
+        if (off < (1u << 20))
+            mem_store::read(off, out);
+    }
+};
+} // namespace
+
+TEST_CASE("server: a READ the store does not fill answers zeros, not an earlier request's bytes") {
+    fake_kernel k;
+    lazy_store store(k.options().device_bytes);
+    // One slot, so both READs use the same buffer.
+    running_server s(store, k, {.depth = 1});
+    auto secret = pattern(4096, 70);
+    REQUIRE(k.write(0, secret).result == DM_USER_RESP_SUCCESS);
+    REQUIRE(k.read(0, 4096).data == secret);
+    CHECK(k.read(2u << 20, 4096).data == std::vector<std::byte>(4096));
+    CHECK(s.stop() == 0);
+}
+
+TEST_CASE("server, Part 1: write_view_above = 0 means no WRITE lands in the store's pages") {
+    fake_kernel k(part1());
+    test::landing_store store(k.options().device_bytes);
+    running_server s(store, k, {.write_view_above = 0});
+    auto big = pattern(65536, 80);
+    CHECK(k.write(0, big).result == DM_USER_RESP_SUCCESS);
+    CHECK(k.read(0, 65536).data == big);
+    CHECK(store.landed_writes == 0);
+    CHECK(store.copied_writes == 1);
+    CHECK(s.stop() == 0);
+}

@@ -7,6 +7,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <unistd.h>
 
 using dmuser::task;
 
@@ -131,4 +132,36 @@ TEST_CASE("frame cache hands a freed block back for the same size class") {
     void* big = cache.allocate(1 << 20); // beyond the classes: plain heap
     cache.deallocate(big, 1 << 20);
     cache.deallocate(b, 250);
+}
+
+TEST_CASE("task: co_await on an empty task, or on one awaited before, throws logic_error") {
+    dmuser::ring r;
+    auto await_it = [](task<int>& t) -> task<int> { co_return co_await t; };
+    task<int> empty;
+    CHECK_THROWS_AS(r.run(await_it(empty)), std::logic_error);
+
+    task<int> once = answer();
+    CHECK(r.run(await_it(once)) == 42);
+    CHECK_THROWS_AS(r.run(await_it(once)), std::logic_error);
+
+    // Awaited twice while the first await still waits: the second must not resume it.
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    dmuser::unique_fd rd(p[0]), wr(p[1]);
+    auto slow = [&]() -> task<int> {
+        std::byte b[1];
+        co_return (co_await r.read(rd.get(), b, 0)).res;
+    };
+    task<int> pending = slow();
+    int first = 0;
+    auto first_await = [&]() -> task<void> { first = co_await pending; };
+    dmuser::spawn(first_await(), "first await");
+    CHECK_THROWS_AS(r.run(await_it(pending)), std::logic_error);
+    REQUIRE(::write(wr.get(), "x", 1) == 1);
+    auto settle = [&]() -> task<void> {
+        while (first == 0)
+            co_await r.timeout(std::chrono::milliseconds(1));
+    };
+    r.run(settle());
+    CHECK(first == 1);
 }

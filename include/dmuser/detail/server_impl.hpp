@@ -10,6 +10,8 @@ namespace dmuser {
 
 template <BlockStore S>
 int server<S>::run() {
+    if (started_.exchange(true))
+        throw std::logic_error("dmuser::server::run() called twice: make a new server");
     store_size_ = store_.size();
     auto open_channels = [&](std::size_t count) {
         while (channels_.size() < count) {
@@ -46,8 +48,7 @@ int server<S>::run() {
 
     unsigned depth = whole_messages_ ? opts_.depth : 1;
     const std::size_t first_capacity =
-        header_size +
-        (whole_messages_ ? max_payload_ : std::min<std::uint64_t>(max_payload_, 128u << 10));
+        whole_messages_ ? max_payload_ : std::min<std::uint64_t>(max_payload_, 128u << 10);
     read_size_ = first_capacity;
     if constexpr (has_write_view<S>)
         split_writes_ =
@@ -55,7 +56,7 @@ int server<S>::run() {
     if (split_writes_) {
         // The rest of a split WRITE comes with its channel's next read: one read
         // outstanding per channel, so one channel per slot.
-        read_size_ = header_size + opts_.write_view_above;
+        read_size_ = opts_.write_view_above;
         open_channels(std::size_t(opts_.channels) * depth);
         depth = 1;
     }
@@ -72,6 +73,7 @@ int server<S>::run() {
             s->capacity = first_capacity;
             ch->slots.push_back(std::move(s));
         }
+    channels_open_ = channels_.size();
     {
         std::lock_guard lock(mutex_);
         for (unsigned t = 0; t < opts_.threads; ++t)
@@ -113,6 +115,8 @@ int server<S>::run() {
         }
         pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
     }
+    finished_ = true;
+    channels_open_ = 0;
     log::info("{}: stopped; {}", source_.describe(), stats().to_string());
     channels_.clear();
     return failed_ ? 1 : 0;
@@ -153,10 +157,17 @@ void server<S>::thread_main(unsigned index, int signal_fd) {
         if (index == 0 && opts_.stats_interval.count() > 0)
             spawn(print_stats(w), "stats printer");
         ++ready_threads_;
-        while (w.live > 0)
-            r.run_once(true);
-    } catch (const std::exception& e) {
-        log::error("server thread {}: {}", index, e.what());
+        try {
+            while (w.live > 0)
+                r.run_once(true);
+        } catch (...) {
+            // The loops must see that they stop before ~ring cancels their reads: a
+            // cancelled read is otherwise read again.
+            w.stopping = true;
+            throw;
+        }
+    } catch (...) {
+        log::error("server thread {}: {}", index, describe(std::current_exception()));
         request_stop(true);
     }
 }
@@ -197,7 +208,9 @@ void server<S>::reject(worker& w, std::string_view why, const request* req) {
 
 template <BlockStore S>
 task<bool> server<S>::read_whole(worker& w, channel& ch, slot& s, request& req) {
-    io_op rd = w.r->read(ch.fd.get(), std::span(s.buffer.get(), read_size_), 0);
+    s.iov[0] = iovec{s.header, header_size};
+    s.iov[1] = iovec{s.buffer.get(), read_size_};
+    io_op rd = w.r->readv(ch.fd.get(), std::span<const iovec>(s.iov, 2), 0);
     s.pending_read = rd.id();
     io_result got = co_await rd;
     s.pending_read = 0;
@@ -208,7 +221,7 @@ task<bool> server<S>::read_whole(worker& w, channel& ch, slot& s, request& req) 
         reject(w, fmt::format("short message of {} bytes", n), nullptr);
         co_return false;
     }
-    req = decode_header(std::span<const std::byte, header_size>(s.buffer.get(), header_size));
+    req = decode_header(std::span<const std::byte, header_size>(s.header, header_size));
     s.bad = {};
     s.landed = false;
     std::size_t expect = header_size + (req.carries_payload() ? req.len : 0);
@@ -221,7 +234,7 @@ task<bool> server<S>::read_whole(worker& w, channel& ch, slot& s, request& req) 
     else if (n > expect)
         s.bad = "message longer than its header says";
     else if (req.carries_payload())
-        req.payload = std::span<const std::byte>(s.buffer.get() + header_size, req.len);
+        req.payload = std::span<const std::byte>(s.buffer.get(), req.len);
     co_return true;
 }
 
@@ -244,8 +257,9 @@ task<bool> server<S>::read_fully(worker& w, int fd, std::byte* at, std::size_t n
 template <BlockStore S>
 std::byte* server<S>::landing_zone(slot& s, const request& req) {
     if constexpr (has_write_view<S>) {
-        if (req.type != DM_USER_REQ_MAP_WRITE || req.len == 0 || !s.bad.empty() ||
-            !check_request(req, max_payload_, store_size_).empty())
+        // write_view_above == 0 is "never", on Part 1 too.
+        if (opts_.write_view_above == 0 || req.type != DM_USER_REQ_MAP_WRITE || req.len == 0 ||
+            !s.bad.empty() || !check_request(req, max_payload_, store_size_).empty())
             return nullptr;
         // Ordering against a flush needs the store's own write paths.
         if ((has_flush<S> || has_write_fua<S>)&&(req.has(DM_USER_REQ_MAP_FLAG_PREFLUSH) ||
@@ -274,7 +288,7 @@ std::byte* server<S>::landing_zone(slot& s, const request& req) {
 // it lends it, else into the slot's buffer.
 template <BlockStore S>
 task<bool> server<S>::read_rest(worker& w, channel& ch, slot& s, request& req, std::size_t have) {
-    std::byte* const buffered = s.buffer.get() + header_size;
+    std::byte* const buffered = s.buffer.get();
     const std::size_t got = have - header_size;
     std::byte* dest = landing_zone(s, req);
     if (dest)
@@ -291,7 +305,7 @@ task<bool> server<S>::read_rest(worker& w, channel& ch, slot& s, request& req, s
 template <BlockStore S>
 void server<S>::ensure_capacity(slot& s, std::size_t bytes) {
     if (bytes <= s.capacity)
-        return;
+        return; // (bytes of payload)
     std::size_t cap = s.capacity;
     while (cap < bytes)
         cap *= 2;
@@ -304,17 +318,16 @@ task<bool> server<S>::read_stream(worker& w, channel& ch, slot& s, request& req)
     // Only a read that has not started a request may be cancelled: after the first byte
     // the request is ours to answer.
     const int fd = ch.fd.get();
-    io_op rd = w.r->read(fd, std::span(s.buffer.get(), header_size), 0);
+    io_op rd = w.r->read(fd, std::span(s.header, header_size), 0);
     s.pending_read = rd.id();
     io_result got = co_await rd;
     s.pending_read = 0;
     if (!check_read_result(w, got))
         co_return false;
     std::size_t have = got.bytes();
-    if (have < header_size &&
-        !co_await read_fully(w, fd, s.buffer.get() + have, header_size - have))
+    if (have < header_size && !co_await read_fully(w, fd, s.header + have, header_size - have))
         co_return false;
-    req = decode_header(std::span<const std::byte, header_size>(s.buffer.get(), header_size));
+    req = decode_header(std::span<const std::byte, header_size>(s.header, header_size));
     s.bad = {};
     s.landed = false;
     if (req.carries_payload() && req.len > max_payload_) {
@@ -322,41 +335,35 @@ task<bool> server<S>::read_stream(worker& w, channel& ch, slot& s, request& req)
         s.bad = "length over the maximum payload";
         std::uint64_t left = req.len;
         while (left > 0) {
-            std::size_t n =
-                static_cast<std::size_t>(std::min<std::uint64_t>(left, s.capacity - header_size));
-            if (!co_await read_fully(w, fd, s.buffer.get() + header_size, n))
+            std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, s.capacity));
+            if (!co_await read_fully(w, fd, s.buffer.get(), n))
                 co_return false;
             left -= n;
         }
         co_return true;
     }
     if (req.len <= max_payload_ && (req.type == DM_USER_REQ_MAP_READ || req.carries_payload()))
-        ensure_capacity(s, header_size + req.len);
+        ensure_capacity(s, req.len);
     if (req.carries_payload()) {
         // The header came alone, so the payload may go straight to the store.
         std::byte* dest = landing_zone(s, req);
-        if (!co_await read_fully(w, fd, dest ? dest : s.buffer.get() + header_size, req.len))
+        if (!co_await read_fully(w, fd, dest ? dest : s.buffer.get(), req.len))
             co_return false;
         if (!s.landed)
-            req.payload = std::span<const std::byte>(s.buffer.get() + header_size, req.len);
+            req.payload = std::span<const std::byte>(s.buffer.get(), req.len);
     }
     co_return true;
 }
 
 template <BlockStore S>
 task<bool> server<S>::send(worker& w, channel& ch, slot& s, const request& req, const reply& rep) {
-    std::byte* base = s.buffer.get();
-    encode_response(std::span<std::byte, header_size>(base, header_size), req, rep.status);
-    s.iov[0] = iovec{base, header_size};
+    encode_response(std::span<std::byte, header_size>(s.header, header_size), req, rep.status);
+    s.iov[0] = iovec{s.header, header_size};
     int count = 1;
     std::size_t left = header_size + rep.data.size();
     if (!rep.data.empty()) {
-        if (rep.data.data() == base + header_size) {
-            s.iov[0].iov_len += rep.data.size(); // the READ landed right after the header
-        } else {
-            s.iov[1] = iovec{const_cast<std::byte*>(rep.data.data()), rep.data.size()};
-            count = 2;
-        }
+        s.iov[1] = iovec{const_cast<std::byte*>(rep.data.data()), rep.data.size()};
+        count = 2;
     }
     iovec* iov = s.iov;
     for (;;) {
@@ -412,8 +419,7 @@ task<void> server<S>::slot_loop(worker& w, channel& ch, slot& s) {
                 reject(w, why, &req);
                 rep.status = result::error;
             } else {
-                rep = co_await dispatch(
-                    store_, req, std::span(s.buffer.get() + header_size, s.capacity - header_size));
+                rep = co_await dispatch(store_, req, std::span(s.buffer.get(), s.capacity));
             }
             bool sent = co_await send(w, ch, s, req, rep);
             w.stats.request_finished(req.type, req.len, !sent || rep.status != result::success);
