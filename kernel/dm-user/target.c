@@ -12,8 +12,8 @@
 #include <linux/ctype.h>
 #include <linux/module.h>
 #include <linux/slab.h>
-#include <linux/version.h>
 
+#include "dm-user-compat.h"
 #include "dm-user-internal.h"
 
 #define DM_MSG_PREFIX "user"
@@ -450,11 +450,7 @@ static void user_io_hints(struct dm_target *ti, struct queue_limits *limits)
 		limits->max_write_zeroes_sectors = DMU_MAX_EXTENT_SECTORS;
 	if (t->ops & DM_USER_OP_SECURE_ERASE)
 		limits->max_secure_erase_sectors = DMU_MAX_EXTENT_SECTORS;
-#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 9, 0)
-	/* From 6.9 the block layer derives these from the _hw_ limits. */
-	limits->max_sectors = payload_sectors;
-	limits->max_discard_sectors = limits->max_hw_discard_sectors;
-#endif
+	dmu_compat_soft_limits(limits, payload_sectors);
 }
 
 static struct target_type user_target = {

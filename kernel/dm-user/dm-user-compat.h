@@ -1,0 +1,26 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * dm-user: the differences between the kernels it builds for (Debian 12's
+ * 6.1 and later LTS kernels), so that no other file tests
+ * LINUX_VERSION_CODE.
+ */
+#ifndef DM_USER_COMPAT_H
+#define DM_USER_COMPAT_H
+
+#include <linux/blkdev.h>
+#include <linux/version.h>
+
+/*
+ * Before 6.9 a target's io_hints sets the soft limits too; from 6.9 the
+ * block layer derives max_sectors and max_discard_sectors from the _hw_ ones.
+ */
+static inline void dmu_compat_soft_limits(struct queue_limits *limits,
+					  unsigned int max_sectors)
+{
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 9, 0)
+	limits->max_sectors = max_sectors;
+	limits->max_discard_sectors = limits->max_hw_discard_sectors;
+#endif
+}
+
+#endif /* DM_USER_COMPAT_H */
