@@ -5,8 +5,13 @@
  *
  * Part 1 (struct dm_user_message and the DM_USER_REQ_MAP_* / _FLAG_* /
  * DM_USER_RESP_* values) is byte-compatible with Android's dm-user module.
- * Part 2 (everything below "Extensions") is this project's, and is only ever
- * used by a daemon that asked for it, so Part 1 daemons keep working.
+ * Part 2 (everything below "Extensions") is this project's. Its ioctls are
+ * used only by a daemon that calls them; but by default every daemon, a
+ * Part 1 one included, receives what the device advertises: PREFLUSH and FUA
+ * writes, DISCARD, WRITE_ZEROES and SECURE_ERASE (spec Part 2, item 6). A
+ * Part 1 daemon that cannot handle them answers UNSUPPORTED, or the table
+ * turns them off (no_flush, no_discard, no_write_zeroes, no_secure_erase);
+ * kernel/dm-user/README.md has the table of what a plain table line delivers.
  */
 #ifndef _UAPI_LINUX_DM_USER_H
 #define _UAPI_LINUX_DM_USER_H
@@ -114,8 +119,14 @@ struct dm_user_info {
  */
 #define DM_USER_CHANNEL_REQUEUE_ON_CLOSE	(1ULL << 0)
 
-#define DM_USER_IOC_MAGIC	0xfd	/* shared with dm-ioctl, which uses 0x00-0x1f */
-#define DM_USER_IOC_GET_INFO	_IOR(DM_USER_IOC_MAGIC, 0x80, struct dm_user_info)
-#define DM_USER_IOC_SET_CHANNEL_FLAGS _IOW(DM_USER_IOC_MAGIC, 0x81, __u64)
+/*
+ * The ioctls' own magic (unused in Documentation/userspace-api/ioctl/
+ * ioctl-number.rst). Early builds of version 2.0.0 borrowed dm-ioctl's
+ * 0xfd, with numbers 0x80 and 0x81; a daemon that gets ENOTTY for both
+ * takes the module for Android's and speaks Part 1.
+ */
+#define DM_USER_IOC_MAGIC	0xde
+#define DM_USER_IOC_GET_INFO	_IOR(DM_USER_IOC_MAGIC, 0x00, struct dm_user_info)
+#define DM_USER_IOC_SET_CHANNEL_FLAGS _IOW(DM_USER_IOC_MAGIC, 0x01, __u64)
 
 #endif /* _UAPI_LINUX_DM_USER_H */
