@@ -22,6 +22,9 @@
 #define DMU_MAX_PAYLOAD		(64U << 20)
 /* Largest DISCARD / WRITE_ZEROES / SECURE_ERASE extent in one request. */
 #define DMU_MAX_EXTENT_SECTORS	((1U << 30) >> SECTOR_SHIFT)
+/* Requests mapped and not ended, at most (queued plus held by daemons). */
+#define DMU_DEFAULT_QUEUE_DEPTH	1024
+#define DMU_MAX_QUEUE_DEPTH	65536
 
 static unsigned int dm_user_daemon_timeout_msec = 4000;
 module_param(dm_user_daemon_timeout_msec, uint, 0644);
@@ -157,9 +160,10 @@ static int dmu_parse_options(struct dmu_target *t, struct dm_arg_set *as,
 			     char **error)
 {
 	static const struct dm_arg group = {
-		0, 6, "Invalid number of optional arguments"
+		0, 10, "Invalid number of optional arguments"
 	};
-	unsigned int argc;
+	bool mode_set = false;
+	unsigned int argc, id;
 	int r;
 
 	if (!as->argc)
@@ -188,6 +192,37 @@ static int dmu_parse_options(struct dmu_target *t, struct dm_arg_set *as,
 				return -EINVAL;
 			}
 			t->max_payload_set = true;
+		} else if (!strncasecmp(opt, "queue_depth=", 12)) {
+			if (kstrtouint(opt + 12, 10, &t->queue_depth) ||
+			    !t->queue_depth || t->queue_depth > DMU_MAX_QUEUE_DEPTH) {
+				*error = "queue_depth must be 1-65536";
+				return -EINVAL;
+			}
+			t->queue_depth_set = true;
+		} else if (!strncasecmp(opt, "owner=", 6)) {
+			if (kstrtouint(opt + 6, 10, &id) ||
+			    !uid_valid(t->owner = make_kuid(&init_user_ns, id))) {
+				*error = "owner must be a numeric user ID";
+				return -EINVAL;
+			}
+			t->access_set = true;
+		} else if (!strncasecmp(opt, "group=", 6)) {
+			if (kstrtouint(opt + 6, 10, &id) ||
+			    !gid_valid(t->group = make_kgid(&init_user_ns, id))) {
+				*error = "group must be a numeric group ID";
+				return -EINVAL;
+			}
+			if (!mode_set)
+				t->mode = 0660;
+			t->access_set = true;
+		} else if (!strncasecmp(opt, "mode=", 5)) {
+			if (kstrtouint(opt + 5, 8, &id) || id & ~0777U) {
+				*error = "mode must be octal permission bits (e.g. 0660)";
+				return -EINVAL;
+			}
+			t->mode = id;
+			mode_set = true;
+			t->access_set = true;
 		} else {
 			*error = "Unknown optional argument";
 			return -EINVAL;
@@ -222,12 +257,17 @@ static int user_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	INIT_LIST_HEAD(&t->channels);
 	hash_init(t->held);
 	init_waitqueue_head(&t->wq);
+	init_waitqueue_head(&t->depth_wq);
 	init_waitqueue_head(&t->drain_wq);
 	INIT_DELAYED_WORK(&t->watchdog, dmu_watchdog_fn);
 	kref_init(&t->ref);
 	t->orphaned_at = jiffies;
 	t->ops = DMU_ALL_OPS;
 	t->max_payload = DMU_DEFAULT_PAYLOAD;
+	t->queue_depth = DMU_DEFAULT_QUEUE_DEPTH;
+	t->owner = GLOBAL_ROOT_UID;
+	t->group = GLOBAL_ROOT_GID;
+	t->mode = 0600;
 
 	r = -EINVAL;
 	if (sscanf(argv[0], "%llu%c", &t->start, &dummy) != 1 ||
@@ -256,7 +296,8 @@ static int user_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	t->misc.minor = MISC_DYNAMIC_MINOR;
 	t->misc.name = t->devname;	/* devtmpfs: /dev/dm-user/<name> */
 	t->misc.fops = &dmu_fops;
-	t->misc.mode = 0600;
+	/* dmu_open() checks owner=, group= and mode= itself. */
+	t->misc.mode = t->access_set ? 0666 : 0600;
 
 	mutex_lock(&dmu_names_lock);
 	list_for_each_entry(other, &dmu_names, name_node) {
@@ -338,6 +379,16 @@ static void user_dtr(struct dm_target *ti)
 	kref_put(&t->ref, dmu_target_release);
 }
 
+static bool dmu_has_room(struct dmu_target *t)
+{
+	bool room;
+
+	spin_lock(&t->lock);
+	room = t->nr_requests < t->queue_depth;
+	spin_unlock(&t->lock);
+	return room;
+}
+
 static int user_map(struct dm_target *ti, struct bio *bio)
 {
 	struct dmu_target *t = ti->private;
@@ -367,8 +418,19 @@ static int user_map(struct dm_target *ti, struct bio *bio)
 	req->doomed = false;
 	req->queued_at = jiffies;
 
-	/* Never sleeps: REQ_NOWAIT bios need no special path. */
 	spin_lock(&t->lock);
+	while (unlikely(t->nr_requests >= t->queue_depth)) {
+		spin_unlock(&t->lock);
+		/* A full queue: a NOWAIT bio must not wait for room. */
+		if (bio->bi_opf & REQ_NOWAIT) {
+			bio_wouldblock_error(bio);
+			return DM_MAPIO_SUBMITTED;
+		}
+		/* map may sleep: dm core just allocated the clone with GFP_NOIO. */
+		io_wait_event(t->depth_wq, dmu_has_room(t));
+		spin_lock(&t->lock);
+	}
+	t->nr_requests++;
 	req->seq = t->next_seq++;
 	list_add_tail(&req->entry, &t->queue);
 	t->nr_queued++;
@@ -403,7 +465,8 @@ static void user_status(struct dm_target *ti, status_type_t type,
 		break;
 	case STATUSTYPE_TABLE:
 		DMEMIT("%llu %llu %s", t->start, t->len, t->name);
-		nr_opts = hweight64(off) + (t->max_payload_set ? 2 : 0);
+		nr_opts = hweight64(off) + (t->max_payload_set ? 2 : 0) +
+			  t->queue_depth_set + t->access_set * 3;
 		if (!nr_opts)
 			break;
 		DMEMIT(" %u", nr_opts);
@@ -417,6 +480,12 @@ static void user_status(struct dm_target *ti, status_type_t type,
 			DMEMIT(" no_secure_erase");
 		if (t->max_payload_set)
 			DMEMIT(" max_payload %u", t->max_payload);
+		if (t->queue_depth_set)
+			DMEMIT(" queue_depth=%u", t->queue_depth);
+		if (t->access_set)
+			DMEMIT(" owner=%u group=%u mode=%04o",
+			       from_kuid_munged(&init_user_ns, t->owner),
+			       from_kgid_munged(&init_user_ns, t->group), t->mode);
 		break;
 	case STATUSTYPE_IMA:
 		DMEMIT_TARGET_NAME_VERSION(ti->type);

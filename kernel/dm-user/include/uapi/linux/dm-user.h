@@ -93,6 +93,7 @@ struct dm_user_message {
 #define DM_USER_FEATURE_MULTI_RESPONSE	(1ULL << 2) /* one write may carry several responses */
 #define DM_USER_FEATURE_REQUEUE		(1ULL << 3) /* DM_USER_CHANNEL_REQUEUE_ON_CLOSE */
 #define DM_USER_FEATURE_TARGET_NOWAIT	(1ULL << 4) /* the target maps REQ_NOWAIT bios */
+#define DM_USER_FEATURE_CLAIM		(1ULL << 5) /* DM_USER_IOC_CLAIM */
 
 /* What this target's table enabled (dm_user_info.ops): each may be turned off. */
 #define DM_USER_OP_FLUSH		(1ULL << 0) /* volatile write cache: PREFLUSH and FUA arrive */
@@ -128,5 +129,13 @@ struct dm_user_info {
 #define DM_USER_IOC_MAGIC	0xde
 #define DM_USER_IOC_GET_INFO	_IOR(DM_USER_IOC_MAGIC, 0x00, struct dm_user_info)
 #define DM_USER_IOC_SET_CHANNEL_FLAGS _IOW(DM_USER_IOC_MAGIC, 0x01, __u64)
+/*
+ * Make the target exclusive to the calling process: its channels, those it
+ * opened before and those it opens later, are the only ones that may read
+ * requests; open() by any other process fails with EBUSY, and so does a
+ * read() on a channel another process opened. The claim ends when the last
+ * of its channels is closed. EBUSY if another process holds it.
+ */
+#define DM_USER_IOC_CLAIM	_IO(DM_USER_IOC_MAGIC, 0x02)
 
 #endif /* _UAPI_LINUX_DM_USER_H */
