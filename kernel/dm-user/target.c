@@ -416,7 +416,6 @@ static int user_map(struct dm_target *ti, struct bio *bio)
 		req->class = DMU_CLASS_OTHER;
 	req->busy = false;
 	req->doomed = false;
-	req->queued_at = jiffies;
 
 	spin_lock(&t->lock);
 	while (unlikely(t->nr_requests >= t->queue_depth)) {
@@ -431,6 +430,7 @@ static int user_map(struct dm_target *ti, struct bio *bio)
 		spin_lock(&t->lock);
 	}
 	t->nr_requests++;
+	req->queued_at = jiffies;	/* after any wait for room */
 	req->seq = t->next_seq++;
 	list_add_tail(&req->entry, &t->queue);
 	t->nr_queued++;
