@@ -895,7 +895,11 @@ static void case_info(const char *ctl)
 	CHECK(info.device_sectors > 0, "device_sectors 0");
 	CHECK(ioctl(ch, DM_USER_IOC_SET_CHANNEL_FLAGS, &bad) < 0 && errno == EINVAL,
 	      "unknown channel flag accepted");
-	CHECK(ioctl(ch, _IO(0xfd, 0x99)) < 0 && errno == ENOTTY, "unknown ioctl accepted");
+	CHECK(ioctl(ch, _IO(DM_USER_IOC_MAGIC, 0x99)) < 0 && errno == ENOTTY,
+	      "unknown ioctl accepted");
+	/* The numbers early 2.0.0 builds borrowed from dm-ioctl's magic. */
+	CHECK(ioctl(ch, _IOR(0xfd, 0x80, struct dm_user_info), &info) < 0 &&
+	      errno == ENOTTY, "dm-ioctl's magic accepted");
 	printf("version %u.%u.%u features %#llx ops %#llx max_payload %llu sectors %llu\n",
 	       info.version_major, info.version_minor, info.version_patch,
 	       (unsigned long long)info.features, (unsigned long long)info.ops,

@@ -24,6 +24,9 @@
  *   module-waiters open CTL
  *       Opens a channel read-write; prints "opened" (exit 0) or the errno
  *       name (exit 3).
+ *   module-waiters nowait-read DEV
+ *       One 4 KiB O_DIRECT preadv2(RWF_NOWAIT) of DEV: prints "read" (exit
+ *       0) or the errno name (exit 3).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -44,6 +47,7 @@
 #include <sys/mman.h>
 #include <sys/select.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <linux/dm-user.h>
@@ -382,13 +386,28 @@ static int open_or_report(const char *ctl)
 	return fd;
 }
 
-#ifdef DM_USER_IOC_CLAIM
 static void on_term(int sig)
 {
 	(void)sig;
 	_exit(0);
 }
-#endif
+
+/* One 4 KiB O_DIRECT read of DEV with RWF_NOWAIT (a REQ_NOWAIT bio). */
+static int cmd_nowait_read(const char *dev)
+{
+	int fd = open(dev, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	struct iovec iov = { .iov_len = 4096 };
+
+	if (fd < 0)
+		die("open %s: %s", dev, strerror(errno));
+	iov.iov_base = aligned_alloc(4096, 4096);
+	if (preadv2(fd, &iov, 1, 0, RWF_NOWAIT) == 4096) {
+		printf("read\n");
+		return 0;
+	}
+	printf("%s\n", strerrorname_np(errno));
+	return 3;
+}
 
 int main(int argc, char **argv)
 {
@@ -399,7 +418,8 @@ int main(int argc, char **argv)
 		printf("opened\n");
 		return 0;
 	}
-#ifdef DM_USER_IOC_CLAIM
+	if (argc == 3 && !strcmp(argv[1], "nowait-read"))
+		return cmd_nowait_read(argv[2]);
 	if (argc == 3 && !strcmp(argv[1], "claim")) {
 		int fd = open_or_report(argv[2]);
 
@@ -413,7 +433,6 @@ int main(int argc, char **argv)
 		for (;;)
 			pause();
 	}
-#endif
-	fprintf(stderr, "usage: module-waiters serve CTL [KIND...] | claim CTL | open CTL\n");
+	fprintf(stderr, "usage: module-waiters serve CTL [KIND...] | claim CTL | open CTL | nowait-read DEV\n");
 	return 2;
 }

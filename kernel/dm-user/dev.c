@@ -21,7 +21,7 @@
 
 #define DMU_FEATURES (DM_USER_FEATURE_POLL | DM_USER_FEATURE_WHOLE_MESSAGE | \
 		      DM_USER_FEATURE_MULTI_RESPONSE | DM_USER_FEATURE_REQUEUE | \
-		      DM_USER_FEATURE_TARGET_NOWAIT)
+		      DM_USER_FEATURE_TARGET_NOWAIT | DM_USER_FEATURE_CLAIM)
 #define DMU_CHANNEL_FLAGS DM_USER_CHANNEL_REQUEUE_ON_CLOSE
 
 /* Payload bytes that follow the header of the request message. */
@@ -65,6 +65,7 @@ void dmu_finish(struct dmu_target *t, struct dmu_request *req,
 	list_del_init(&req->entry);
 	if (hash_hashed(&req->hnode))
 		hash_del(&req->hnode);
+	t->nr_requests--;
 	if (ch) {
 		t->nr_inflight[req->class]--;
 		if (ch->rd_req == req && !ch->rd_busy)
@@ -110,10 +111,15 @@ static bool dmu_unbusy(struct dmu_request *req, struct dmu_batch *b)
 void dmu_batch_end(struct dmu_target *t, struct dmu_batch *b)
 {
 	struct bio *bio;
-	bool drained;
+	bool drained, ended = false;
 
-	while ((bio = bio_list_pop(&b->bios)))
+	while ((bio = bio_list_pop(&b->bios))) {
 		bio_endio(bio);
+		ended = true;
+	}
+	/* Room in the queue; pairs with the barrier in map's io_wait_event(). */
+	if (ended && wq_has_sleeper(&t->depth_wq))
+		wake_up_all(&t->depth_wq);
 	if (!b->doomed)
 		return;
 	spin_lock(&t->lock);
@@ -207,6 +213,12 @@ static bool dmu_readable(struct dmu_target *t, struct dmu_channel *ch)
 	       (READ_ONCE(ch->rd_req) && !READ_ONCE(ch->rd_busy));
 }
 
+/* Another process claimed the target: this channel gets no requests. */
+static bool dmu_foreign(struct dmu_target *t, struct dmu_channel *ch)
+{
+	return READ_ONCE(t->claim) && !READ_ONCE(ch->claimant);
+}
+
 static ssize_t dmu_read_iter(struct kiocb *iocb, struct iov_iter *to)
 {
 	struct dmu_channel *ch = iocb->ki_filp->private_data;
@@ -239,6 +251,10 @@ static ssize_t dmu_read_iter(struct kiocb *iocb, struct iov_iter *to)
 			ret = -ENOTBLK;
 			goto out_unlock;
 		}
+		if (t->claim && !ch->claimant) {
+			ret = -EBUSY;
+			goto out_unlock;
+		}
 		req = list_first_entry_or_null(&t->queue, struct dmu_request, entry);
 		if (req) {
 			dmu_hand_out(t, ch, req);
@@ -251,7 +267,8 @@ static ssize_t dmu_read_iter(struct kiocb *iocb, struct iov_iter *to)
 			goto out_unlock;
 		}
 		spin_unlock(&t->lock);
-		ret = wait_event_interruptible_exclusive(t->wq, dmu_readable(t, ch));
+		ret = wait_event_interruptible_exclusive(t->wq, dmu_readable(t, ch) ||
+							 dmu_foreign(t, ch));
 		if (ret) {
 			/* A wake-up this reader took must not be lost. */
 			if (!list_empty(&t->queue))
@@ -464,9 +481,77 @@ static __poll_t dmu_poll(struct file *file, poll_table *wait)
 	/* As fuse does: the daemon's cue to exit (read gives ENOTBLK). */
 	if (READ_ONCE(t->dead))
 		return EPOLLERR | EPOLLHUP;
+	if (dmu_foreign(t, ch))
+		return EPOLLERR;
 	if (dmu_readable(t, ch))
 		mask |= EPOLLIN | EPOLLRDNORM;
 	return mask;
+}
+
+/*
+ * DM_USER_IOC_CLAIM: the target becomes the calling process's. Every channel
+ * it opened so far becomes a claimant (one walk of the channels, not on the
+ * I/O path); those it opens later are claimants from the start (dmu_open).
+ */
+static int dmu_claim(struct dmu_target *t, struct dmu_channel *ch)
+{
+	struct dmu_channel *other;
+	bool woke = false;
+	int ret = 0;
+
+	spin_lock(&t->lock);
+	if (t->claim) {
+		if (t->claim != ch->opener || !ch->claimant)
+			ret = -EBUSY;
+	} else if (ch->opener != task_tgid(current)) {
+		ret = -EBUSY;	/* a channel inherited from another process */
+	} else {
+		WRITE_ONCE(t->claim, get_pid(ch->opener));
+		list_for_each_entry(other, &t->channels, node) {
+			if (other->opener != ch->opener)
+				continue;
+			WRITE_ONCE(other->claimant, true);
+			t->nr_claimant++;
+		}
+		woke = true;
+	}
+	spin_unlock(&t->lock);
+	/* Readers of other processes' channels return EBUSY now. */
+	if (woke)
+		dmu_wake_all(t);
+	return ret;
+}
+
+/*
+ * Without CAP_SYS_ADMIN, the table's owner=, group= and mode= must admit the
+ * opener, as the permission bits of a file would.
+ */
+static int dmu_may_open(struct dmu_target *t, struct file *file)
+{
+	bool access_set;
+	kuid_t owner;
+	kgid_t group;
+	umode_t mode;
+
+	if (capable(CAP_SYS_ADMIN))
+		return 0;
+	/* A resume may apply another table's rules meanwhile. */
+	spin_lock(&t->lock);
+	access_set = t->access_set;
+	owner = t->owner;
+	group = t->group;
+	mode = t->mode;
+	spin_unlock(&t->lock);
+	if (!access_set)
+		return -EPERM;
+	if (uid_eq(current_fsuid(), owner))
+		mode >>= 6;
+	else if (in_group_p(group))
+		mode >>= 3;
+	if (((file->f_mode & FMODE_READ) && !(mode & 04)) ||
+	    ((file->f_mode & FMODE_WRITE) && !(mode & 02)))
+		return -EACCES;
+	return 0;
 }
 
 static long dmu_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
@@ -501,6 +586,8 @@ static long dmu_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		spin_unlock(&t->lock);
 		return 0;
 	}
+	case DM_USER_IOC_CLAIM:
+		return dmu_claim(t, ch);
 	default:
 		return -ENOTTY;
 	}
@@ -512,19 +599,36 @@ static int dmu_open(struct inode *inode, struct file *file)
 	struct dmu_target *t = container_of(inode->i_cdev, struct dmu_target,
 					    cdev);
 	struct dmu_channel *ch;
+	int ret;
 
-	ch = kzalloc(sizeof(*ch), GFP_KERNEL);
+	ret = dmu_may_open(t, file);
+	if (ret)
+		return ret;
+	/* Charged to the opener: its memory cgroup pays for its channels. */
+	ch = kzalloc(sizeof(*ch), GFP_KERNEL_ACCOUNT);
 	if (!ch)
 		return -ENOMEM;
 	ch->t = t;
 	INIT_LIST_HEAD(&ch->held);
+	ch->opener = get_pid(task_tgid(current));
 
 	spin_lock(&t->lock);
 	if (t->dead) {
 		/* Opened just as the last table went away. */
 		spin_unlock(&t->lock);
+		put_pid(ch->opener);
 		kfree(ch);
 		return -ENODEV;
+	}
+	if (t->claim && t->claim != ch->opener) {
+		spin_unlock(&t->lock);
+		put_pid(ch->opener);
+		kfree(ch);
+		return -EBUSY;
+	}
+	if (t->claim) {
+		ch->claimant = true;
+		t->nr_claimant++;
 	}
 	list_add_tail(&ch->node, &t->channels);
 	t->nr_channels++;
@@ -566,6 +670,7 @@ static int dmu_release(struct inode *inode, struct file *file)
 	struct dmu_target *t = ch->t;
 	struct dmu_batch b = { BIO_EMPTY_LIST, 0 };
 	struct dmu_request *req, *tmp;
+	struct pid *unclaimed = NULL;
 	unsigned int requeued = 0;
 	LIST_HEAD(back);
 
@@ -573,6 +678,10 @@ static int dmu_release(struct inode *inode, struct file *file)
 	spin_lock(&t->lock);
 	list_del(&ch->node);
 	t->nr_channels--;
+	if (ch->claimant && !--t->nr_claimant) {
+		unclaimed = t->claim;
+		WRITE_ONCE(t->claim, NULL);
+	}
 	WRITE_ONCE(ch->rd_req, NULL);
 	ch->wr.req = NULL;
 	list_for_each_entry_safe(req, tmp, &ch->held, entry) {
@@ -602,6 +711,8 @@ static int dmu_release(struct inode *inode, struct file *file)
 	dmu_batch_end(t, &b);
 	if (requeued)
 		dmu_wake_all(t);
+	put_pid(unclaimed);
+	put_pid(ch->opener);
 	kfree(ch);
 	put_device(&t->dev);
 	return 0;
@@ -639,8 +750,12 @@ static char *dmu_devnode(DMU_DEVNODE_CONST struct device *dev, umode_t *mode,
 {
 	const struct dmu_target *t = container_of(dev, struct dmu_target, dev);
 
+	/*
+	 * With owner=, group= or mode= the node lets anyone try, and open()
+	 * applies the table's rules (dmu_may_open()), which a reload may change.
+	 */
 	if (mode)
-		*mode = 0600;
+		*mode = t->access_set ? 0666 : 0600;
 	return kasprintf(GFP_KERNEL, "dm-user/%s", t->name);
 }
 

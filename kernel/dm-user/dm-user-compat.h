@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * The kernel interfaces dm-user uses that changed after 6.1, Debian 12's
- * kernel, which is what it is built and tested on. Every LINUX_VERSION_CODE
- * test lives here.
+ * dm-user: the differences between the kernels it builds for (Debian 12's
+ * 6.1 and later LTS kernels), so that no other file tests
+ * LINUX_VERSION_CODE.
  */
 #ifndef DM_USER_COMPAT_H
 #define DM_USER_COMPAT_H

@@ -40,7 +40,7 @@
  *   dmu_names_lock -> the driver core and devtmpfs (cdev_device_add/del)
  *   t->lock -> timer and workqueue internals (queue_delayed_work)
  *
- * t->wq and t->drain_wq are woken with t->lock dropped, so
+ * t->wq, t->depth_wq and t->drain_wq are woken with t->lock dropped, so
  * their locks nest under nothing of ours. Waking is the kernel's own: a
  * blocked read() waits exclusively on t->wq, pollers (poll, select, epoll,
  * aio and io_uring poll) wait on it non-exclusively, and a new request does
@@ -56,6 +56,7 @@
 #include <linux/hashtable.h>
 #include <linux/cdev.h>
 #include <linux/device.h>
+#include <linux/pid.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
 
@@ -108,7 +109,9 @@ struct dmu_channel {
 	size_t rd_off;
 	bool rd_busy;			/* a read() is copying rd_req */
 	bool wr_busy;			/* a write() took over @wr */
+	bool claimant;			/* one of the claiming process's channels */
 	struct dmu_partial_response wr;
+	struct pid *opener;		/* the thread group that opened it */
 };
 
 /*
@@ -128,6 +131,9 @@ struct dmu_target {
 	unsigned int nr_queued;
 	unsigned int nr_inflight[DMU_NR_CLASSES];
 	unsigned int nr_doomed;		/* doomed bios a copier must still end */
+	unsigned int nr_requests;	/* mapped and not yet ended */
+	struct pid *claim;		/* DM_USER_IOC_CLAIM: the claiming process */
+	unsigned int nr_claimant;	/* its open channels */
 	u64 completed;
 	u64 errors;
 	u64 requeued;			/* pushed back to dm core */
@@ -139,8 +145,15 @@ struct dmu_target {
 	u64 ops;			/* DM_USER_OP_* */
 	unsigned int max_payload;
 	unsigned int request_timeout;	/* ms; 0: requests wait for ever */
+	unsigned int queue_depth;	/* most requests mapped at once */
+	/* Who may open the control device without CAP_SYS_ADMIN. */
+	bool access_set;		/* owner=, group= or mode= given */
+	kuid_t owner;
+	kgid_t group;
+	umode_t mode;
 
 	wait_queue_head_t wq;		/* readers (exclusive) and pollers */
+	wait_queue_head_t depth_wq;	/* map, for nr_requests < queue_depth */
 	wait_queue_head_t drain_wq;	/* the destructor, for nr_doomed */
 	struct delayed_work watchdog;	/* see dmu_arm_watchdog() */
 
@@ -167,6 +180,13 @@ struct dmu_table {
 	unsigned int max_payload;
 	bool max_payload_set;
 	unsigned int request_timeout;
+	unsigned int queue_depth;	/* most requests mapped at once */
+	bool queue_depth_set;
+	/* Who may open the control device without CAP_SYS_ADMIN. */
+	bool access_set;		/* owner=, group= or mode= given */
+	kuid_t owner;
+	kgid_t group;
+	umode_t mode;
 };
 
 /* Bios to end once t->lock is dropped; @doomed of them were doomed ones. */

@@ -22,6 +22,9 @@
 #define DMU_MAX_PAYLOAD		(64U << 20)
 /* Largest DISCARD / WRITE_ZEROES / SECURE_ERASE extent in one request. */
 #define DMU_MAX_EXTENT_SECTORS	((1U << 30) >> SECTOR_SHIFT)
+/* Requests mapped and not ended, at most (queued plus held by daemons). */
+#define DMU_DEFAULT_QUEUE_DEPTH	1024
+#define DMU_MAX_QUEUE_DEPTH	65536
 
 static unsigned int dm_user_daemon_timeout_msec = 4000;
 module_param(dm_user_daemon_timeout_msec, uint, 0644);
@@ -251,9 +254,10 @@ static int dmu_parse_options(struct dmu_table *tt, struct dm_arg_set *as,
 			     char **error)
 {
 	static const struct dm_arg group = {
-		0, 8, "Invalid number of optional arguments"
+		0, 10, "Invalid number of optional arguments"
 	};
-	unsigned int argc;
+	bool mode_set = false;
+	unsigned int argc, id;
 	int r;
 
 	if (!as->argc)
@@ -281,12 +285,43 @@ static int dmu_parse_options(struct dmu_table *tt, struct dm_arg_set *as,
 				return -EINVAL;
 			}
 			tt->max_payload_set = true;
-		} else if (!strcasecmp(opt, "request_timeout")) {
-			if (dmu_uint_arg(as, &argc, &tt->request_timeout) ||
+		} else if (!strncasecmp(opt, "request_timeout=", 16)) {
+			if (kstrtouint(opt + 16, 10, &tt->request_timeout) ||
 			    tt->request_timeout > DMU_MAX_REQUEST_TIMEOUT) {
 				*error = "request_timeout must be 0 (none) to 86400000 ms";
 				return -EINVAL;
 			}
+		} else if (!strncasecmp(opt, "queue_depth=", 12)) {
+			if (kstrtouint(opt + 12, 10, &tt->queue_depth) ||
+			    !tt->queue_depth || tt->queue_depth > DMU_MAX_QUEUE_DEPTH) {
+				*error = "queue_depth must be 1-65536";
+				return -EINVAL;
+			}
+			tt->queue_depth_set = true;
+		} else if (!strncasecmp(opt, "owner=", 6)) {
+			if (kstrtouint(opt + 6, 10, &id) ||
+			    !uid_valid(tt->owner = make_kuid(&init_user_ns, id))) {
+				*error = "owner must be a numeric user ID";
+				return -EINVAL;
+			}
+			tt->access_set = true;
+		} else if (!strncasecmp(opt, "group=", 6)) {
+			if (kstrtouint(opt + 6, 10, &id) ||
+			    !gid_valid(tt->group = make_kgid(&init_user_ns, id))) {
+				*error = "group must be a numeric group ID";
+				return -EINVAL;
+			}
+			if (!mode_set)
+				tt->mode = 0660;
+			tt->access_set = true;
+		} else if (!strncasecmp(opt, "mode=", 5)) {
+			if (kstrtouint(opt + 5, 8, &id) || id & ~0777U) {
+				*error = "mode must be octal permission bits (e.g. 0660)";
+				return -EINVAL;
+			}
+			tt->mode = id;
+			mode_set = true;
+			tt->access_set = true;
 		} else {
 			*error = "Unknown optional argument";
 			return -EINVAL;
@@ -318,9 +353,16 @@ static void dmu_apply_table(struct dmu_target *t, const struct dmu_table *tt)
 	t->ops = tt->ops;
 	t->max_payload = tt->max_payload;
 	t->request_timeout = tt->request_timeout;
+	t->queue_depth = tt->queue_depth;
+	t->access_set = tt->access_set;
+	t->owner = tt->owner;
+	t->group = tt->group;
+	t->mode = tt->mode;
 	if (!list_empty(&t->queue) || t->request_timeout)
 		dmu_arm_watchdog(t);
 	spin_unlock(&t->lock);
+	/* The new table's queue_depth may be deeper. */
+	wake_up_all(&t->depth_wq);
 }
 
 /* A new control device for @tt, registered. With dmu_names_lock held. */
@@ -340,6 +382,7 @@ static struct dmu_target *dmu_target_create(struct dmu_table *tt,
 	INIT_LIST_HEAD(&t->tables);
 	hash_init(t->held);
 	init_waitqueue_head(&t->wq);
+	init_waitqueue_head(&t->depth_wq);
 	init_waitqueue_head(&t->drain_wq);
 	INIT_DELAYED_WORK(&t->watchdog, dmu_watchdog_fn);
 	t->orphaned_at = jiffies;
@@ -349,6 +392,11 @@ static struct dmu_target *dmu_target_create(struct dmu_table *tt,
 	t->ops = tt->ops;
 	t->max_payload = tt->max_payload;
 	t->request_timeout = tt->request_timeout;
+	t->queue_depth = tt->queue_depth;
+	t->access_set = tt->access_set;
+	t->owner = tt->owner;
+	t->group = tt->group;
+	t->mode = tt->mode;
 	r = dmu_control_register(t);	/* frees @t on failure */
 	if (r)
 		return ERR_PTR(r);
@@ -412,6 +460,10 @@ static int user_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	tt->ti = ti;
 	tt->ops = DMU_ALL_OPS;
 	tt->max_payload = DMU_DEFAULT_PAYLOAD;
+	tt->queue_depth = DMU_DEFAULT_QUEUE_DEPTH;
+	tt->owner = GLOBAL_ROOT_UID;
+	tt->group = GLOBAL_ROOT_GID;
+	tt->mode = 0600;
 
 	r = -EINVAL;
 	if (sscanf(argv[0], "%llu%c", &tt->start, &dummy) != 1 ||
@@ -505,6 +557,16 @@ static void user_dtr(struct dm_target *ti)
 	put_device(&t->dev);
 }
 
+static bool dmu_has_room(struct dmu_target *t)
+{
+	bool room;
+
+	spin_lock(&t->lock);
+	room = t->nr_requests < t->queue_depth;
+	spin_unlock(&t->lock);
+	return room;
+}
+
 static int user_map(struct dm_target *ti, struct bio *bio)
 {
 	struct dmu_table *tt = ti->private;
@@ -544,10 +606,24 @@ static int user_map(struct dm_target *ti, struct bio *bio)
 		req->class = DMU_CLASS_OTHER;
 	req->busy = false;
 	req->doomed = false;
-	req->queued_at = jiffies;
 
-	/* Never sleeps: REQ_NOWAIT bios need no special path. */
 	spin_lock(&t->lock);
+	while (unlikely(t->nr_requests >= t->queue_depth)) {
+		spin_unlock(&t->lock);
+		/* A full queue: a NOWAIT bio must not wait for room. */
+		if (bio->bi_opf & REQ_NOWAIT) {
+			bio_wouldblock_error(bio);
+			return DM_MAPIO_SUBMITTED;
+		}
+		/* map may sleep: dm core just allocated the clone with GFP_NOIO. */
+		io_wait_event(t->depth_wq, dmu_has_room(t) || dm_noflush_suspending(ti));
+		/* A noflush suspend began meanwhile: back to dm core with it too. */
+		if (dm_noflush_suspending(ti))
+			return DM_MAPIO_REQUEUE;
+		spin_lock(&t->lock);
+	}
+	t->nr_requests++;
+	req->queued_at = jiffies;	/* after any wait for room */
 	req->seq = t->next_seq++;
 	list_add_tail(&req->entry, &t->queue);
 	t->nr_queued++;
@@ -575,6 +651,8 @@ static void user_presuspend(struct dm_target *ti)
 	t->noflush_suspending = true;
 	spin_unlock(&t->lock);
 	dmu_end_all(t, false, BLK_STS_DM_REQUEUE);
+	/* Bios waiting in map for room in the queue go back too. */
+	wake_up_all(&t->depth_wq);
 }
 
 /* The suspend finished, or failed: request_timeout fails again. */
@@ -685,7 +763,8 @@ static void user_status(struct dm_target *ti, status_type_t type,
 	case STATUSTYPE_TABLE:
 		DMEMIT("%llu %llu %s", tt->start, tt->len, t->name);
 		nr_opts = hweight64(off) + (tt->max_payload_set ? 2 : 0) +
-			  (tt->request_timeout ? 2 : 0);
+			  !!tt->request_timeout + tt->queue_depth_set +
+			  tt->access_set * 3;
 		if (!nr_opts)
 			break;
 		DMEMIT(" %u", nr_opts);
@@ -700,7 +779,13 @@ static void user_status(struct dm_target *ti, status_type_t type,
 		if (tt->max_payload_set)
 			DMEMIT(" max_payload %u", tt->max_payload);
 		if (tt->request_timeout)
-			DMEMIT(" request_timeout %u", tt->request_timeout);
+			DMEMIT(" request_timeout=%u", tt->request_timeout);
+		if (tt->queue_depth_set)
+			DMEMIT(" queue_depth=%u", tt->queue_depth);
+		if (tt->access_set)
+			DMEMIT(" owner=%u group=%u mode=%04o",
+			       from_kuid_munged(&init_user_ns, tt->owner),
+			       from_kgid_munged(&init_user_ns, tt->group), tt->mode);
 		break;
 	case STATUSTYPE_IMA:
 		DMEMIT_TARGET_NAME_VERSION(ti->type);

@@ -85,13 +85,13 @@ t_suspend_noflush_hung() {
 # fails after request_timeout, and the new table goes live.
 t_reload_resume_hung() {
     need_cmd fio
-    dm_user_create rh 65536 rh-ctl 2 request_timeout 2000 || fail "create"
+    dm_user_create rh 65536 rh-ctl 1 request_timeout=2000 || fail "create"
     hold h rh-ctl 1
     reads /dev/mapper/rh
     holding h 1
-    dmsetup reload rh --table "0 65536 user 0 65536 rh-ctl 3 no_discard request_timeout 2000" || fail "reload"
+    dmsetup reload rh --table "0 65536 user 0 65536 rh-ctl 2 no_discard request_timeout=2000" || fail "reload"
     run_bounded 120 dmsetup resume rh || fail "resume did not finish ($?)"
-    [ "$(dmsetup table rh)" = "0 65536 user 0 65536 rh-ctl 3 no_discard request_timeout 2000" ] ||
+    [ "$(dmsetup table rh)" = "0 65536 user 0 65536 rh-ctl 2 no_discard request_timeout=2000" ] ||
         fail "new table not live: $(dmsetup table rh)"
     [ "$(counter rh errors)" -ge 1 ] || fail "the held request did not fail: $(dmsetup status rh)"
     dmesg | grep -q 'rh-ctl: request .* unanswered after 2000 ms: failed' || fail "no log line for the failed request"
@@ -104,7 +104,7 @@ t_reload_resume_hung() {
 # request times out; fio fails, and the device goes.
 t_remove_force_hung() {
     need_cmd fio
-    dm_user_create rf 65536 rf-ctl 2 request_timeout 2000 || fail "create"
+    dm_user_create rf 65536 rf-ctl 1 request_timeout=2000 || fail "create"
     hold h rf-ctl 1
     reads /dev/mapper/rf
     holding h 1

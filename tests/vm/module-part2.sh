@@ -57,9 +57,9 @@ t_status() {
     [ "$(dmsetup message p2 0 counters)" = "$(dmsetup status p2 | cut -d' ' -f4-)" ] ||
         fail "counters message: '$(dmsetup message p2 0 counters)'"
     dm_user_remove p2 || fail "remove"
-    dm_user_create p2 8192 p2-ctl 4 no_flush request_timeout 5000 no_write_zeroes || fail "create"
+    dm_user_create p2 8192 p2-ctl 3 no_flush request_timeout=5000 no_write_zeroes || fail "create"
     table=$(dmsetup table p2)
-    [ "$table" = "0 8192 user 0 8192 p2-ctl 4 no_flush no_write_zeroes request_timeout 5000" ] ||
+    [ "$table" = "0 8192 user 0 8192 p2-ctl 3 no_flush no_write_zeroes request_timeout=5000" ] ||
         fail "table line with request_timeout: '$table'"
     dm_user_remove p2 || fail "remove"
 }

@@ -26,6 +26,33 @@ waiters() {
 # /tmp/fio.terse's reads and writes, in microseconds (terse v3 fields 39, 80).
 worst_latency() { awk -F';' '{ print ($39 > $80 ? $39 : $80) }' /tmp/fio.terse; }
 
+# latency_line WHAT: IOPS, the 99th and 99.9th percentile completion latency
+# of the reads, and the worst latency, from /tmp/fio.terse.
+latency_line() {
+    awk -F';' -v what="$1" '{
+        for (i = 18; i <= 37; i++) {
+            split($i, kv, "=")
+            if (kv[1] == "99.000000%") p99 = kv[2]
+            if (kv[1] == "99.900000%") p999 = kv[2]
+        }
+        w = $39 > $80 ? $39 : $80
+        printf "%s: %d+%d IOPS, read clat p99 %d us, p99.9 %d us, worst (either, submission to completion) %d us\n", what, $8, $49, p99, p999, w
+    }' /tmp/fio.terse
+}
+
+# brd_reference SECS [FIO-OPTION...]: the same fio on a RAM disk in this boot,
+# to tell the host's scheduling delays (a loaded host, TCG) from the module's.
+brd_reference() {
+    local secs=$1
+    shift
+    vm_modload brd || return 0
+    [ -b /dev/ram0 ] || { echo "brd reference: no /dev/ram0"; return 0; }
+    fio --name=ref --filename=/dev/ram0 --rw=randrw --bs=4k --iodepth=16 \
+        --ioengine=libaio --direct=1 --time_based --runtime="$secs" \
+        --randrepeat=0 --output-format=terse --terse-version=3 "$@" >/tmp/fio.terse 2>/tmp/fio.err &&
+        latency_line "brd reference, same fio"
+}
+
 # fio_randrw NAME SECS [FIO-OPTION...]: SECS of randrw on /dev/mapper/NAME;
 # fails the test if fio errs or is still running long after SECS.
 fio_randrw() {
@@ -52,14 +79,14 @@ t_all_waiters() {
     fio_randrw wt 20
     local worst
     worst=$(worst_latency)
-    awk -F';' '{ printf "fio randrw 4k QD16: read %d IOPS, write %d IOPS\n", $8, $49 }' /tmp/fio.terse
-    echo "worst request latency (fio submission to completion): $worst us"
+    latency_line "dm-user, 7 kinds of waiters, randrw 4k QD16"
     [ "$worst" -lt 5000000 ] || fail "a request took $worst us: a lost wake-up"
     idle wt || fail "requests left: $(dmsetup status wt)"
     dm_user_remove wt || fail "remove"
     daemon_wait w 10 || fail "the daemon did not exit after remove (status $?): $(cat /tmp/w.out)"
     cat /tmp/w.out
     grep -q 'target gone' /tmp/w.out || fail "the daemon did not see the target go"
+    brd_reference 20
 }
 
 # The same with only one-shot and aio pollers, the entries a hand-made wake-up
@@ -72,7 +99,7 @@ t_oneshot_only() {
     fio_randrw wo 15 --iodepth=4
     local worst
     worst=$(worst_latency)
-    echo "worst request latency: $worst us"
+    latency_line "dm-user, aio and one-shot pollers, randrw 4k QD4"
     [ "$worst" -lt 5000000 ] || fail "a request took $worst us: a lost wake-up"
     daemon_stop w
     cat /tmp/w.out
@@ -88,11 +115,12 @@ t_qd1() {
     fio_randrw wq 10 --iodepth=1
     local worst
     worst=$(worst_latency)
-    echo "worst request latency at QD1: $worst us"
+    latency_line "dm-user, QD1"
     [ "$worst" -lt 5000000 ] || fail "a request took $worst us: a lost wake-up"
     daemon_stop w
     cat /tmp/w.out
     dm_user_remove wq || fail "remove"
+    brd_reference 10 --iodepth=1
 }
 
 mtest waiters-all-kinds-under-randrw t_all_waiters 240

@@ -5,8 +5,13 @@
  *
  * Part 1 (struct dm_user_message and the DM_USER_REQ_MAP_* / _FLAG_* /
  * DM_USER_RESP_* values) is byte-compatible with Android's dm-user module.
- * Part 2 (everything below "Extensions") is this project's, and is only ever
- * used by a daemon that asked for it, so Part 1 daemons keep working.
+ * Part 2 (everything below "Extensions") is this project's. Its ioctls are
+ * used only by a daemon that calls them; but by default every daemon, a
+ * Part 1 one included, receives what the device advertises: PREFLUSH and FUA
+ * writes, DISCARD, WRITE_ZEROES and SECURE_ERASE (spec Part 2, item 6). A
+ * Part 1 daemon that cannot handle them answers UNSUPPORTED, or the table
+ * turns them off (no_flush, no_discard, no_write_zeroes, no_secure_erase);
+ * kernel/dm-user/README.md has the table of what a plain table line delivers.
  */
 #ifndef _UAPI_LINUX_DM_USER_H
 #define _UAPI_LINUX_DM_USER_H
@@ -88,6 +93,7 @@ struct dm_user_message {
 #define DM_USER_FEATURE_MULTI_RESPONSE	(1ULL << 2) /* one write may carry several responses */
 #define DM_USER_FEATURE_REQUEUE		(1ULL << 3) /* DM_USER_CHANNEL_REQUEUE_ON_CLOSE */
 #define DM_USER_FEATURE_TARGET_NOWAIT	(1ULL << 4) /* the target maps REQ_NOWAIT bios */
+#define DM_USER_FEATURE_CLAIM		(1ULL << 5) /* DM_USER_IOC_CLAIM */
 
 /* What this target's table enabled (dm_user_info.ops): each may be turned off. */
 #define DM_USER_OP_FLUSH		(1ULL << 0) /* volatile write cache: PREFLUSH and FUA arrive */
@@ -114,8 +120,22 @@ struct dm_user_info {
  */
 #define DM_USER_CHANNEL_REQUEUE_ON_CLOSE	(1ULL << 0)
 
-#define DM_USER_IOC_MAGIC	0xfd	/* shared with dm-ioctl, which uses 0x00-0x1f */
-#define DM_USER_IOC_GET_INFO	_IOR(DM_USER_IOC_MAGIC, 0x80, struct dm_user_info)
-#define DM_USER_IOC_SET_CHANNEL_FLAGS _IOW(DM_USER_IOC_MAGIC, 0x81, __u64)
+/*
+ * The ioctls' own magic (unused in Documentation/userspace-api/ioctl/
+ * ioctl-number.rst). Early builds of version 2.0.0 borrowed dm-ioctl's
+ * 0xfd, with numbers 0x80 and 0x81; a daemon that gets ENOTTY for both
+ * takes the module for Android's and speaks Part 1.
+ */
+#define DM_USER_IOC_MAGIC	0xde
+#define DM_USER_IOC_GET_INFO	_IOR(DM_USER_IOC_MAGIC, 0x00, struct dm_user_info)
+#define DM_USER_IOC_SET_CHANNEL_FLAGS _IOW(DM_USER_IOC_MAGIC, 0x01, __u64)
+/*
+ * Make the target exclusive to the calling process: its channels, those it
+ * opened before and those it opens later, are the only ones that may read
+ * requests; open() by any other process fails with EBUSY, and so does a
+ * read() on a channel another process opened. The claim ends when the last
+ * of its channels is closed. EBUSY if another process holds it.
+ */
+#define DM_USER_IOC_CLAIM	_IO(DM_USER_IOC_MAGIC, 0x02)
 
 #endif /* _UAPI_LINUX_DM_USER_H */
