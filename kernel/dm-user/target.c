@@ -388,15 +388,7 @@ static struct dmu_target *dmu_target_create(struct dmu_table *tt,
 	t->orphaned_at = jiffies;
 	t->md = dm_table_get_md(ti->table);
 	strscpy(t->name, name, sizeof(t->name));
-	t->len = tt->len;
-	t->ops = tt->ops;
-	t->max_payload = tt->max_payload;
-	t->request_timeout = tt->request_timeout;
-	t->queue_depth = tt->queue_depth;
-	t->access_set = tt->access_set;
-	t->owner = tt->owner;
-	t->group = tt->group;
-	t->mode = tt->mode;
+	dmu_apply_table(t, tt);		/* until a resume applies a table */
 	r = dmu_control_register(t);	/* frees @t on failure */
 	if (r)
 		return ERR_PTR(r);

@@ -42,6 +42,18 @@ complaints() { dmesg | grep -cE 'WARNING:|BUG:|Oops|blocked for more than|genera
 # serving LOG: wait until the example daemon writing LOG serves.
 serving() { wait_for 60 grep -q 'serving' "$1"; }
 
+# example NAME PROGRAM ARGS...: start the example daemon PROGRAM (dmuser-file,
+# dmuser-ramdisk) for /dev/mapper/NAME, its log in /tmp/NAME.log, and wait
+# until it serves; its pid in EXAMPLE_PID. The test's cleanup removes NAME.
+example() {
+    local name=$1 prog=$2
+    shift 2
+    "$BIN/$prog" --name "$name" "$@" >"/tmp/$name.log" 2>&1 &
+    EXAMPLE_PID=$!
+    grep -qx "$name" "$VMT_DEVICES_FILE" 2>/dev/null || echo "$name" >>"$VMT_DEVICES_FILE"
+    serving "/tmp/$name.log" || fail "$prog --name $name $* did not serve: $(tail -n 3 "/tmp/$name.log")"
+}
+
 # verify_loop DEV PREFIX: fio verify runs (32 MiB, QD16) on /dev/mapper/DEV,
 # one after another in the background, until verify_loop_end PREFIX.
 verify_loop() {

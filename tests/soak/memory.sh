@@ -13,10 +13,9 @@ pressure() {
     shift
     mib=$(awk '/^MemTotal/ { print int($2 / 1024) * 2 }' /proc/meminfo)
     rm -f "$img"
-    "$BIN/dmuser-file" --name mp --size $((mib + 256))M "$@" "$img" >/tmp/mp.log 2>&1 &
-    local pid=$! start=$SECONDS rc=0
-    echo "mp" >>"$VMT_DEVICES_FILE"
-    serving /tmp/mp.log || fail "$label: dmuser-file did not start: $(tail -n 3 /tmp/mp.log)"
+    local start=$SECONDS rc=0
+    example mp dmuser-file --size $((mib + 256))M "$@" "$img"
+    local pid=$EXAMPLE_PID
     mkfs.ext4 -q -F /dev/mapper/mp || fail "$label: mkfs"
     mkdir -p "$mnt"
     mount /dev/mapper/mp "$mnt" || fail "$label: mount"

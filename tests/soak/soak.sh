@@ -10,10 +10,8 @@ source "$DEV_ROOT/tests/soak/lib.bash"
 t_kill_restart() {
     need_cmd python3 "$BIN/dmuser-file"
     local img=/tmp/kr.img ledger=/tmp/kr.ledger i lines=0 now
-    "$BIN/dmuser-file" --name kr --size 64M "$img" >/tmp/kr.log 2>&1 &
-    local pid=$!
-    echo "kr" >>"$VMT_DEVICES_FILE"
-    serving /tmp/kr.log || fail "dmuser-file did not start: $(tail -n 3 /tmp/kr.log)"
+    example kr dmuser-file --size 64M "$img"
+    local pid=$EXAMPLE_PID
     rm -f "$ledger" /tmp/kr.stop
     python3 "$DEV_ROOT/tests/soak/writer.py" write /dev/mapper/kr "$ledger" /tmp/kr.stop >/tmp/kr.writer 2>&1 &
     local writer=$!
@@ -25,9 +23,8 @@ t_kill_restart() {
         wait "$pid" 2>/dev/null
         now=$(grep -c acked "$ledger")
         lines=$now
-        "$BIN/dmuser-file" --name kr --attach "$img" >/tmp/kr.log 2>&1 &
-        pid=$!
-        serving /tmp/kr.log || fail "cycle $i: --attach did not serve: $(tail -n 3 /tmp/kr.log)"
+        example kr dmuser-file --attach "$img"
+        pid=$EXAMPLE_PID
         progress "$i" "$CYCLES" kill-restart
     done
     touch /tmp/kr.stop
@@ -53,10 +50,8 @@ t_remove_under_load() {
     echo 3 >/proc/sys/vm/drop_caches
     slab_before=$(bio_objects)
     for i in $(seq "$CYCLES"); do
-        "$BIN/dmuser-ramdisk" --name ru --size 32M --threads 2 >/tmp/ru.log 2>&1 &
-        pid=$!
-        echo "ru" >>"$VMT_DEVICES_FILE"
-        serving /tmp/ru.log || fail "cycle $i: dmuser-ramdisk did not start: $(tail -n 3 /tmp/ru.log)"
+        example ru dmuser-ramdisk --size 32M --threads 2
+        pid=$EXAMPLE_PID
         fio --name=ru --filename=/dev/mapper/ru --rw=randrw --bs=16k --iodepth=16 \
             --ioengine=libaio --direct=1 --time_based --runtime=120 --size=24M >/tmp/ru.fio 2>&1 &
         fio=$!
@@ -91,10 +86,8 @@ t_remove_under_load() {
 # runs on dmuser-ramdisk.
 t_suspend_storm() {
     need_cmd fio "$BIN/dmuser-ramdisk"
-    "$BIN/dmuser-ramdisk" --name ss --size 64M --threads 2 >/tmp/ss.log 2>&1 &
-    local pid=$! i flags start ms worst=0 runs bad
-    echo "ss" >>"$VMT_DEVICES_FILE"
-    serving /tmp/ss.log || fail "dmuser-ramdisk did not start: $(tail -n 3 /tmp/ss.log)"
+    example ss dmuser-ramdisk --size 64M --threads 2
+    local pid=$EXAMPLE_PID i flags start ms worst=0 runs bad
     verify_loop ss /tmp/ss
     for i in $(seq "$CYCLES"); do
         flags=--noflush
@@ -134,10 +127,8 @@ t_protocol_fuzz() {
         done
     ) &
     local hostile=$!
-    "$BIN/dmuser-ramdisk" --name ok --size 64M --threads 2 >/tmp/ok.log 2>&1 &
-    local pid=$!
-    echo "ok" >>"$VMT_DEVICES_FILE"
-    serving /tmp/ok.log || fail "dmuser-ramdisk did not start: $(tail -n 3 /tmp/ok.log)"
+    example ok dmuser-ramdisk --size 64M --threads 2
+    local pid=$EXAMPLE_PID
     verify_loop ok /tmp/ok
     wait_for 60 bash -c "dmsetup status fz | grep -q 'queued=[1-9]'" || fail "fio queued nothing: $(tail -n 3 /tmp/fz.fio)"
     (
