@@ -133,7 +133,7 @@ kernel_debug_build() {
     local jobs expected=0 start=$SECONDS
     jobs=$(($(nproc) + 1))
     [ -f "$KERNEL_CACHE/objects-$KERNEL_DEBUG_LAYOUT" ] && expected=$(cat "$KERNEL_CACHE/objects-$KERNEL_DEBUG_LAYOUT")
-    say "building the debug kernel (nice -n 19 make -j$jobs; log: $dir/build/make.log; 35-60 min on 2 busy cores)"
+    say "building the debug kernel (nice -n 19 make -j$jobs; log: $dir/build/make.log; 74 min on 2 cores shared at load 15; an idle host is faster)"
     kernel_progress "$dir/build/make.log" "$expected" "$start" &
     local progress=$!
     local rc=0
