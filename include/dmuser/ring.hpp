@@ -23,9 +23,32 @@
 #include <utility>
 #include <vector>
 
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#endif
+
 namespace dmuser {
 
 class ring;
+
+namespace detail {
+// ThreadSanitizer cannot see the order the kernel gives io_uring operations: a write
+// submitted on one thread that completes before another thread's read returns its
+// bytes. So under TSan every submission releases, and every reaped completion acquires,
+// one token: I/O through any ring orders the memory of the threads doing it.
+#if defined(__SANITIZE_THREAD__)
+inline char io_order_token;
+inline void io_release() noexcept {
+    __tsan_release(&io_order_token);
+}
+inline void io_acquire() noexcept {
+    __tsan_acquire(&io_order_token);
+}
+#else
+inline void io_release() noexcept {}
+inline void io_acquire() noexcept {}
+#endif
+} // namespace detail
 
 // The outcome of one operation: res as io_uring reports it (bytes, or -errno).
 struct io_result {
@@ -282,6 +305,7 @@ public:
         *s = prepared;
         io_uring_sqe_set_data(s, &c);
         ++in_flight_;
+        detail::io_release();
     }
 
     // A free SQE; a full SQ is flushed to the kernel (and, if the kernel pushes back,
@@ -349,6 +373,8 @@ private:
             make_ready(*c);
         }
         io_uring_cq_advance(&ring_, seen);
+        if (seen)
+            detail::io_acquire();
     }
     void make_ready(completion& c) noexcept {
         c.next_ready = nullptr;

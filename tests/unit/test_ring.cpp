@@ -144,9 +144,11 @@ TEST_CASE("ring: busy polling completes what comes during the spin, then sleeps"
     dmuser::unique_fd rd(p[0]), wr(p[1]);
     // A long spin: the read completes while the ring polls.
     r.set_busy_poll(2s);
+    // Catch2's assertions are not thread-safe: the writer only records its result.
+    ssize_t wrote = 0;
     std::thread writer([&] {
         std::this_thread::sleep_for(20ms);
-        CHECK(::write(wr.get(), "y", 1) == 1);
+        wrote = ::write(wr.get(), "y", 1);
     });
     char c = 0;
     auto reader = [&]() -> task<int> {
@@ -155,6 +157,7 @@ TEST_CASE("ring: busy polling completes what comes during the spin, then sleeps"
     CHECK(r.run(reader()) == 1);
     CHECK(c == 'y');
     writer.join();
+    CHECK(wrote == 1);
     // A short spin: nothing comes for 200 ms, so the thread must sleep, not spin, the rest.
     r.set_busy_poll(1ms);
     auto cpu0 = thread_cpu_time();
