@@ -10,12 +10,16 @@ mtest() {
 
 # serve NAME CTL [serve options...]: start the probe's daemon as NAME (stopped
 # after the test); wait until its channels are open.
-serve() {
-    local name=$1 ctl=$2
-    shift 2
-    need_cmd "$PROBE"
+serve() { serve_with "$PROBE" "$@"; }
+
+# serve_with PROGRAM NAME CTL [options...]: the same for PROGRAM's serve
+# command (module-probe, module-waiters), which prints "ready".
+serve_with() {
+    local prog=$1 name=$2 ctl=$3
+    shift 3
+    need_cmd "$prog"
     rm -f "/tmp/$name.out"
-    "$PROBE" serve "$ctl" "$@" >"/tmp/$name.out" 2>&1 &
+    "$prog" serve "$ctl" "$@" >"/tmp/$name.out" 2>&1 &
     VMT_DAEMON_PID[$name]=$!
     echo "$! $name" >>"$VMT_DAEMONS_FILE"
     wait_for 10 grep -q ready "/tmp/$name.out" || fail "daemon $name did not start: $(cat "/tmp/$name.out")"

@@ -11,16 +11,7 @@ source "$DEV_ROOT/tests/vm/module-lib.bash"
 WAITERS=$VMT_BUILD/tests/module-waiters
 
 # waiters NAME CTL [KIND...]: start module-waiters serve as NAME; wait for ready.
-waiters() {
-    local name=$1 ctl=$2
-    shift 2
-    need_cmd "$WAITERS"
-    rm -f "/tmp/$name.out"
-    "$WAITERS" serve "$ctl" "$@" >"/tmp/$name.out" 2>&1 &
-    VMT_DAEMON_PID[$name]=$!
-    echo "$! $name" >>"$VMT_DAEMONS_FILE"
-    wait_for 10 grep -q ready "/tmp/$name.out" || fail "daemon $name did not start: $(cat "/tmp/$name.out")"
-}
+waiters() { serve_with "$WAITERS" "$@"; }
 
 # worst_latency: the largest total (submission to completion) latency of
 # /tmp/fio.terse's reads and writes, in microseconds (terse v3 fields 39, 80).
