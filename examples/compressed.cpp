@@ -5,15 +5,12 @@
 //
 // Read-only, unless --overlay FILE: then writes go copy-on-write to that sparse file, sector
 // by sector (overlay.hpp), and reads take each sector from the overlay when it has it.
-#include "chunk_cache.hpp"
-#include "chunk_codec.hpp"
 #include "cli.hpp"
 #include "daemon.hpp"
-#include "dmuser/file_io.hpp"
-#include "dmuser/log.hpp"
 #include "dmuser/unique_fd.hpp"
 #include "image_index.hpp"
 #include "image_reader.hpp"
+#include "image_store.hpp"
 #include "overlay.hpp"
 
 #include <cerrno>
@@ -26,7 +23,6 @@
 #include <vector>
 
 using namespace dmuser::examples;
-using dmuser::task;
 
 namespace {
 
@@ -44,130 +40,6 @@ device reads normally.
   --cache N          decompressed chunks cached per thread (default 32)
 
 )";
-
-class ImageStore {
-public:
-    ImageStore(dmuser::unique_fd image, ImageIndex index, std::size_t cache_chunks,
-               std::unique_ptr<Overlay> overlay)
-        : image_(std::move(image)), index_(std::move(index)), cache_chunks_(cache_chunks),
-          overlay_(std::move(overlay)) {}
-
-    std::uint64_t size() const { return (index_.image_size() + 511) / 512 * 512; }
-
-    task<std::error_code> read(std::uint64_t off, std::span<std::byte> out) {
-        if (!overlay_)
-            co_return co_await read_image(off, out);
-        std::error_code ec;
-        std::vector<std::pair<std::uint64_t, std::uint64_t>> runs; // sector runs
-        std::vector<bool> in_overlay;
-        overlay_->for_runs(off / 512, out.size() / 512, [&](auto first, auto count, bool in) {
-            runs.emplace_back(first, count);
-            in_overlay.push_back(in);
-        });
-        for (std::size_t i = 0; i < runs.size() && !ec; ++i) {
-            const auto [first, count] = runs[i];
-            auto part = out.subspan(first * 512 - off, count * 512);
-            if (in_overlay[i])
-                ec = co_await dmuser::read_at(overlay_->fd(), part,
-                                              overlay_->data_offset() + first * 512);
-            else
-                ec = co_await read_image(first * 512, part);
-        }
-        co_return ec;
-    }
-
-    task<std::error_code> write(std::uint64_t off, std::span<const std::byte> in) {
-        if (!overlay_)
-            co_return std::make_error_code(std::errc::read_only_file_system);
-        if (auto ec = co_await dmuser::write_at(overlay_->fd(), in, overlay_->data_offset() + off))
-            co_return ec;
-        overlay_->mark(off / 512, in.size() / 512);
-        co_return std::error_code{};
-    }
-
-    task<std::error_code> flush() {
-        if (!overlay_)
-            co_return std::error_code{};
-        auto snap = overlay_->snapshot();
-        auto& r = dmuser::this_ring();
-        if (auto got = co_await r.fdatasync(overlay_->fd()); !got.ok())
-            co_return got.error();
-        if (snap.pages.empty())
-            co_return std::error_code{};
-        if (auto ec = overlay_->write_snapshot(snap))
-            co_return ec;
-        co_return (co_await r.fdatasync(overlay_->fd())).error();
-    }
-
-    const ImageIndex& index() const { return index_; }
-    const Overlay* overlay() const { return overlay_.get(); }
-
-private:
-    // One per server thread: zstd contexts are single-threaded, and a private cache needs no lock.
-    struct ThreadState {
-        ChunkCodec codec;
-        ChunkCache cache;
-    };
-    ThreadState& thread_state() {
-        thread_local ThreadState state{ChunkCodec(index_.header().codec),
-                                       ChunkCache(cache_chunks_)};
-        return state;
-    }
-
-    task<std::error_code> read_image(std::uint64_t off, std::span<std::byte> out) {
-        const std::uint64_t cs = index_.chunk_size();
-        while (!out.empty()) {
-            if (off >= index_.image_size()) { // the tail of the last sector
-                std::memset(out.data(), 0, out.size());
-                break;
-            }
-            const std::uint64_t chunk = off / cs, within = off % cs;
-            const std::size_t n =
-                std::min<std::uint64_t>(out.size(), index_.chunk_length(chunk) - within);
-            auto* cached = thread_state().cache.find(chunk);
-            if (!cached) {
-                if (auto ec = co_await load_chunk(chunk, off))
-                    co_return ec;
-                cached = thread_state().cache.find(chunk);
-            }
-            std::memcpy(out.data(), cached->data() + within, n);
-            out = out.subspan(n);
-            off += n;
-        }
-        co_return std::error_code{};
-    }
-
-    // Reads, checks and decompresses one chunk into this thread's cache.
-    task<std::error_code> load_chunk(std::uint64_t chunk, std::uint64_t request_off) {
-        const auto& e = index_.entry(chunk);
-        std::vector<std::byte> stored(e.stored_size);
-        if (e.stored_size) {
-            auto got = co_await dmuser::this_ring().read(image_.get(), stored, e.offset);
-            if (!got.ok()) {
-                dmuser::log::error("{}: read failed: {}", describe_chunk(index_, chunk),
-                                   got.error().message());
-                co_return got.error();
-            }
-            stored.resize(got.bytes()); // short: the codec reports it
-        }
-        // No suspension from here on: the cache entry cannot be evicted under us.
-        auto& st = thread_state();
-        auto& out = st.cache.insert(chunk, index_.chunk_length(chunk));
-        std::string why;
-        if (auto ec = st.codec.decode(e, stored, out, why)) {
-            st.cache.drop(chunk);
-            dmuser::log::error("corrupt {}: {}; failing the read at device offset {:#x}",
-                               describe_chunk(index_, chunk), why, request_off);
-            co_return std::make_error_code(std::errc::io_error);
-        }
-        co_return std::error_code{};
-    }
-
-    dmuser::unique_fd image_;
-    ImageIndex index_;
-    std::size_t cache_chunks_;
-    std::unique_ptr<Overlay> overlay_; // null: read-only
-};
 
 int run(int argc, char** argv) {
     DaemonOptions opt;
