@@ -1,5 +1,6 @@
 // image_store.hpp: the store of dmuser-compressed. Serves an image made by dmuser-mkimage,
-// decompressing each chunk when it is first read and keeping a few in a per-thread LRU cache;
+// decompressing each chunk when it is first read and keeping a few in an LRU cache per thread
+// and store;
 // the stored bytes are read through io_uring on the request's ring. With an Overlay, writes go
 // copy-on-write to it and reads take each sector from it when it has it.
 #pragma once
@@ -15,11 +16,16 @@
 #include "image_reader.hpp"
 #include "overlay.hpp"
 
+#include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <system_error>
+#include <thread>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -83,15 +89,33 @@ public:
     const Overlay* overlay() const { return overlay_.get(); }
 
 private:
-    // One per server thread: zstd contexts are single-threaded, and a private cache needs no lock.
+    // One per store and server thread: zstd contexts are single-threaded, and a private cache
+    // needs no lock on the read path. Not a thread_local of this class: that would be one per
+    // thread for all the stores of a process, whose caches are keyed by chunk number alone,
+    // so a second image would be served the first one's chunks.
     struct ThreadState {
+        ThreadState(Codec codec, std::size_t cache_chunks) : codec(codec), cache(cache_chunks) {}
         ChunkCodec codec;
         ChunkCache cache;
     };
     ThreadState& thread_state() {
-        thread_local ThreadState state{ChunkCodec(index_.header().codec),
-                                       ChunkCache(cache_chunks_)};
-        return state;
+        // The thread remembers the last store it used by an id that is never reused (an
+        // address can be, by a later store), so the lock is taken only when it switches.
+        thread_local std::uint64_t last_store = 0;
+        thread_local ThreadState* last_state = nullptr;
+        if (last_store == id_)
+            return *last_state;
+        std::lock_guard lock(states_mutex_);
+        auto& state = states_[std::this_thread::get_id()];
+        if (!state)
+            state = std::make_unique<ThreadState>(index_.header().codec, cache_chunks_);
+        last_store = id_;
+        last_state = state.get();
+        return *state;
+    }
+    static std::uint64_t next_id() {
+        static std::atomic<std::uint64_t> last{0};
+        return ++last;
     }
 
     dmuser::task<std::error_code> read_image(std::uint64_t off, std::span<std::byte> out) {
@@ -147,6 +171,10 @@ private:
     ImageIndex index_;
     std::size_t cache_chunks_;
     std::unique_ptr<Overlay> overlay_; // null: read-only
+    const std::uint64_t id_ = next_id();
+    std::mutex states_mutex_;
+    // A thread id may be reused by a later thread; it then takes over a dead thread's state.
+    std::unordered_map<std::thread::id, std::unique_ptr<ThreadState>> states_;
 };
 
 } // namespace dmuser::examples
