@@ -1,6 +1,7 @@
 // dmuser/ring.hpp: the reactor. One ring per thread drives every coroutine of that thread
 // over io_uring: operations are awaitables, their SQEs are batched into one io_uring_enter
-// per loop turn, and each CQE's user_data points at the operation that awaits it.
+// per loop turn, and each CQE's user_data names the operation that awaits it: its address
+// and a generation (see completion).
 #pragma once
 
 #include "dmuser/log.hpp"
@@ -20,6 +21,7 @@
 #include <sys/eventfd.h>
 #include <sys/uio.h>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -60,15 +62,54 @@ struct io_result {
     }
 };
 
-// Stable state of an operation in flight; a CQE's user_data is its address. It must stay
-// alive (and so must the buffers it names) until its CQE has been reaped.
+// Stable state of an operation in flight. It must stay alive (and so must the buffers it
+// names) until its CQE has been reaped.
+//
+// A CQE's user_data (and so an operation's id, the key of ring::cancel) is the address of
+// its completion with `generation` in the pointer's spare high bits. The address alone is
+// not a name: when an operation ends, the next one is often made at the same address (the
+// same local in a loop, a recycled coroutine frame), and a cancel by the old address would
+// hit it. Each io_op takes a new generation from its ring, so a stale id misses (until the
+// generation wraps at the same address).
 struct completion {
     using callback = void (*)(completion*) noexcept;
     callback on_complete = nullptr;
     int res = 0;
     unsigned cqe_flags = 0;
     completion* next_ready = nullptr;
+    std::uint16_t generation = 0;
 };
+
+namespace detail {
+// User-space addresses fit in 48 bits on x86-64 (4-level paging; 5-level paging hands out
+// higher addresses only to an mmap that asks for them) and on AArch64. AArch64 may keep a
+// tag in the top byte (Top Byte Ignore: Android's heap, HWASan, MTE), which must survive,
+// so there the generation has only bits 48-55.
+inline constexpr unsigned generation_shift = 48;
+#if defined(__x86_64__)
+inline constexpr unsigned generation_bits = 16;
+#else
+inline constexpr unsigned generation_bits = 8;
+#endif
+inline constexpr std::uint64_t generation_mask = ((std::uint64_t{1} << generation_bits) - 1)
+                                                 << generation_shift;
+
+// The user_data for `c`: its address and generation. Throws std::logic_error if the
+// address uses the generation's bits (a platform this scheme does not fit).
+inline std::uint64_t user_data_of(const completion& c) {
+    const auto address = reinterpret_cast<std::uintptr_t>(&c);
+    if (address & generation_mask) [[unlikely]]
+        throw std::logic_error("dmuser::ring: an operation's address uses the bits its "
+                               "generation needs");
+    return address | (std::uint64_t{c.generation} << generation_shift);
+}
+inline completion* completion_of(std::uint64_t user_data) noexcept {
+    return reinterpret_cast<completion*>(static_cast<std::uintptr_t>(user_data & ~generation_mask));
+}
+inline std::uint16_t generation_of(std::uint64_t user_data) noexcept {
+    return static_cast<std::uint16_t>((user_data & generation_mask) >> generation_shift);
+}
+} // namespace detail
 
 // An awaitable io_uring operation: `io_result r = co_await ring.read(fd, buf, off);`.
 // It is neither copyable nor movable, so the address the kernel holds stays valid; create
@@ -77,11 +118,7 @@ struct completion {
 class [[nodiscard]] io_op : public completion {
 public:
     template <typename Prepare>
-    io_op(ring& r, Prepare&& prepare) noexcept : ring_(&r) {
-        on_complete = &resume_waiter;
-        sqe_ = {};
-        prepare(&sqe_, this);
-    }
+    io_op(ring& r, Prepare&& prepare) noexcept;
     io_op(const io_op&) = delete;
     io_op& operator=(const io_op&) = delete;
 
@@ -89,17 +126,18 @@ public:
     void await_suspend(std::coroutine_handle<> waiter);
     io_result await_resume() const noexcept { return io_result{res}; }
 
-    // Key for ring::cancel.
-    std::uint64_t id() const noexcept { return reinterpret_cast<std::uintptr_t>(this); }
+    // Key for ring::cancel: the user_data of this operation, unique among the operations
+    // of its ring that are alive at the same time as it or shortly after.
+    std::uint64_t id() const { return detail::user_data_of(*this); }
 
 private:
+    friend class ring; // fills timespec_ for timeouts
+
     static void resume_waiter(completion* c) noexcept { static_cast<io_op*>(c)->waiter_.resume(); }
 
     ring* ring_;
     io_uring_sqe sqe_;
     std::coroutine_handle<> waiter_;
-
-protected:
     __kernel_timespec timespec_{}; // for timeouts: the kernel reads it after submission
 };
 
@@ -232,6 +270,7 @@ public:
     // One turn: submit what is queued (waiting for a completion if nothing is ready),
     // reap every CQE, resume every operation that completed.
     void run_once(bool wait = true) {
+        check_owner("run");
         int r = (wait && !ready_head_) ? wait_for_events() : io_uring_submit_and_get_events(&ring_);
         if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME)
             throw std::system_error(-r, std::system_category(), "io_uring_enter");
@@ -301,9 +340,10 @@ public:
             make_ready(c);
             return;
         }
+        const std::uint64_t user_data = detail::user_data_of(c);
         io_uring_sqe* s = get_sqe();
         *s = prepared;
-        io_uring_sqe_set_data(s, &c);
+        io_uring_sqe_set_data64(s, user_data);
         ++in_flight_;
         detail::io_release();
     }
@@ -314,6 +354,7 @@ public:
         for (;;) {
             if (io_uring_sqe* s = io_uring_get_sqe(&ring_))
                 return s;
+            check_owner("submit to");
             int r = io_uring_submit(&ring_);
             if (r == -EBUSY || r == -EAGAIN)
                 reap();
@@ -322,7 +363,26 @@ public:
         }
     }
 
+    // A generation for the next io_op (see completion).
+    std::uint16_t next_generation() noexcept {
+        return static_cast<std::uint16_t>(++generation_ &
+                                          (detail::generation_mask >> detail::generation_shift));
+    }
+
 private:
+    // io_uring_enter only from the thread that made the ring: the kernel enforces it for a
+    // SINGLE_ISSUER ring (EEXIST), and on any ring the SQ and CQ are not thread-safe. Debug
+    // builds say so clearly, on every kernel; the check is a thread id comparison per turn.
+    void check_owner([[maybe_unused]] const char* what) const {
+#ifndef NDEBUG
+        if (std::this_thread::get_id() != owner_) [[unlikely]]
+            throw std::logic_error(fmt::format(
+                "dmuser::ring: cannot {} a ring from a thread other than the one that made it "
+                "(use post())",
+                what));
+#endif
+    }
+
     int wait_for_events() {
         if (busy_poll_.count() > 0 && !io_uring_cq_ready(&ring_)) {
             const auto until = std::chrono::steady_clock::now() + busy_poll_;
@@ -345,10 +405,7 @@ private:
         return current;
     }
     static __kernel_timespec& timespec_of(io_op& op) noexcept {
-        struct access : io_op {
-            static __kernel_timespec& get(io_op& o) { return static_cast<access&>(o).timespec_; }
-        };
-        return access::get(op);
+        return op.timespec_;
     }
     static unsigned clamp(std::size_t n) noexcept {
         return n > 0x7ffff000u ? 0x7ffff000u : static_cast<unsigned>(n);
@@ -359,7 +416,8 @@ private:
         unsigned head, seen = 0;
         io_uring_for_each_cqe(&ring_, head, cqe) {
             ++seen;
-            auto* c = static_cast<completion*>(io_uring_cqe_get_data(cqe));
+            const std::uint64_t user_data = io_uring_cqe_get_data64(cqe);
+            completion* c = detail::completion_of(user_data);
             if (!c)
                 continue; // the ring's own cancel requests carry no state
             if (c == &probe_) {
@@ -368,6 +426,15 @@ private:
                 continue;
             }
             --in_flight_;
+            if (detail::generation_of(user_data) != c->generation) [[unlikely]] {
+                // Not the operation that now lives at this address: its owner broke the
+                // rule that an operation outlives its CQE. Resuming whatever is there now
+                // would resume the wrong coroutine.
+                log::error("dmuser::ring: dropped a CQE (res {}) for an operation that no "
+                           "longer exists",
+                           cqe->res);
+                continue;
+            }
             c->res = cqe->res;
             c->cqe_flags = cqe->flags;
             make_ready(*c);
@@ -491,6 +558,10 @@ private:
     ring* previous_ = nullptr;
     completion probe_; // shut_down's cancel-everything request
     bool probe_done_ = false;
+    std::uint16_t generation_ = 0;
+#ifndef NDEBUG
+    std::thread::id owner_ = std::this_thread::get_id(); // the thread that made the ring
+#endif
 
     struct wake_completion : completion {
         ring* owner = nullptr;
@@ -502,6 +573,14 @@ private:
     std::mutex posted_mutex_;
     std::vector<std::function<void()>> posted_;
 };
+
+template <typename Prepare>
+io_op::io_op(ring& r, Prepare&& prepare) noexcept : ring_(&r) {
+    on_complete = &resume_waiter;
+    generation = r.next_generation();
+    sqe_ = {};
+    prepare(&sqe_, this);
+}
 
 inline void io_op::await_suspend(std::coroutine_handle<> waiter) {
     waiter_ = waiter;
