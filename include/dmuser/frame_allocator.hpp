@@ -69,9 +69,40 @@ private:
     std::array<free_list, classes> lists_{};
 };
 
-inline frame_cache& this_thread_frames() {
-    thread_local frame_cache cache;
-    return cache;
+// Whether this thread's cache exists. A plain flag needs no destructor, so it can still be
+// read while the thread's thread_local objects are being destroyed.
+enum class frame_cache_state : unsigned char { unborn, alive, gone };
+inline frame_cache_state& this_thread_frame_cache_state() noexcept {
+    thread_local frame_cache_state state = frame_cache_state::unborn;
+    return state;
+}
+
+// This thread's cache, or nullptr once it has been destroyed: a thread_local destroyed
+// after it (made before it) may still free a frame, which must then go to the heap, not
+// into a dead cache's list.
+inline frame_cache* this_thread_frames() {
+    if (this_thread_frame_cache_state() == frame_cache_state::gone)
+        return nullptr;
+    struct owned : frame_cache {
+        owned() noexcept { this_thread_frame_cache_state() = frame_cache_state::alive; }
+        ~owned() { this_thread_frame_cache_state() = frame_cache_state::gone; }
+    };
+    thread_local owned cache;
+    return &cache;
+}
+
+// A frame of `size` bytes from this thread's cache, or from the heap.
+inline void* allocate_frame(std::size_t size) {
+    if (frame_cache* cache = this_thread_frames())
+        return cache->allocate(size);
+    return ::operator new(size);
+}
+// Back into this thread's cache, or to the heap when the cache is full or gone.
+inline void deallocate_frame(void* p, std::size_t size) noexcept {
+    if (frame_cache* cache = this_thread_frames())
+        cache->deallocate(p, size);
+    else
+        ::operator delete(p);
 }
 
 } // namespace detail
@@ -88,10 +119,10 @@ struct frame_allocated {
     }
 #else
     static void* operator new(std::size_t size) {
-        return detail::this_thread_frames().allocate(size);
+        return detail::allocate_frame(size);
     }
     static void operator delete(void* p, std::size_t size) noexcept {
-        detail::this_thread_frames().deallocate(p, size);
+        detail::deallocate_frame(p, size);
     }
 #endif
 };
