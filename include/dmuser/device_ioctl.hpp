@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <cstring>
 #include <linux/dm-ioctl.h>
+#include <memory>
+#include <new>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -47,22 +49,32 @@ public:
 
     // Clears everything but the name; sizes the data area to at least `data_size` bytes.
     void reset(std::size_t data_size) {
-        words_.assign((sizeof(dm_ioctl) + align(data_size)) / 8, 0);
-        auto& h = header();
+        const std::size_t size = sizeof(dm_ioctl) + align(data_size);
+        if (size != size_) {
+            storage_ = std::make_unique<std::byte[]>(size); // zeroed
+            size_ = size;
+        } else {
+            std::memset(storage_.get(), 0, size_);
+        }
+        // The header is an object made in the buffer (a byte array provides storage for it),
+        // so header() reads and writes a dm_ioctl that really lives there.
+        auto& h = *::new (storage_.get()) dm_ioctl{};
         std::copy(std::begin(ioctl_version), std::end(ioctl_version), h.version);
-        h.data_size = static_cast<std::uint32_t>(words_.size() * 8);
+        h.data_size = static_cast<std::uint32_t>(size_);
         h.data_start = sizeof(dm_ioctl);
         std::memcpy(h.name, name_.data(), std::min(name_.size(), sizeof(h.name) - 1));
         used_ = 0;
     }
 
     // After DM_BUFFER_FULL_FLAG: a buffer twice as large, to send the same request again.
-    void grow() { reset(2 * (words_.size() * 8 - sizeof(dm_ioctl))); }
+    void grow() { reset(2 * (size_ - sizeof(dm_ioctl))); }
 
-    dm_ioctl& header() { return *reinterpret_cast<dm_ioctl*>(words_.data()); }
-    const dm_ioctl& header() const { return *reinterpret_cast<const dm_ioctl*>(words_.data()); }
-    void* data() { return words_.data(); }
-    std::size_t size() const { return words_.size() * 8; }
+    dm_ioctl& header() { return *std::launder(reinterpret_cast<dm_ioctl*>(storage_.get())); }
+    const dm_ioctl& header() const {
+        return *std::launder(reinterpret_cast<const dm_ioctl*>(storage_.get()));
+    }
+    void* data() { return storage_.get(); }
+    std::size_t size() const { return size_; }
     bool buffer_full() const { return (header().flags & DM_BUFFER_FULL_FLAG) != 0; }
 
     // Appends one target for DM_TABLE_LOAD. False when it does not fit (grow, then retry).
@@ -139,9 +151,9 @@ public:
 
 private:
     static std::size_t align(std::size_t n) { return (n + 7) & ~std::size_t{7}; }
-    unsigned char* bytes() { return reinterpret_cast<unsigned char*>(words_.data()); }
+    unsigned char* bytes() { return reinterpret_cast<unsigned char*>(storage_.get()); }
     const unsigned char* bytes() const {
-        return reinterpret_cast<const unsigned char*>(words_.data());
+        return reinterpret_cast<const unsigned char*>(storage_.get());
     }
     // The kernel reports how much it wrote in data_size; never trust it past our buffer.
     std::size_t answer_end() const { return std::min<std::size_t>(header().data_size, size()); }
@@ -158,8 +170,10 @@ private:
     }
 
     std::string name_;
-    std::vector<std::uint64_t> words_; // 8-byte alignment for dm_target_spec's __u64 fields
-    std::size_t used_ = 0;             // bytes of target records added
+    // new std::byte[] is aligned for any object that fits (8 for dm_target_spec's __u64s).
+    std::unique_ptr<std::byte[]> storage_;
+    std::size_t size_ = 0; // a multiple of 8
+    std::size_t used_ = 0; // bytes of target records added
 };
 
 } // namespace dmuser::dm
