@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <memory>
+#include <new>
 #include <optional>
 #include <string>
 #include <sys/ioctl.h>
@@ -210,24 +211,29 @@ public:
 
     // Removes the device and its node; an open device (EBUSY) is retried for up to `patience`.
     // Returns the errno-style code of the last failure; the handle stays owning on failure so a
-    // later call can try again.
+    // later call can try again. Out of memory (the ioctl buffer, the node's path) is ENOMEM,
+    // not std::terminate: the destructor calls this.
     std::error_code remove(std::chrono::milliseconds patience = std::chrono::seconds(2)) noexcept {
         if (!owned_)
             return {};
-        const auto deadline = std::chrono::steady_clock::now() + patience;
-        int err = 0;
-        for (;;) {
-            dm::IoctlBuffer buf(table_.name);
-            err = ctl_->run(DM_DEV_REMOVE, buf);
-            if (err != EBUSY || std::chrono::steady_clock::now() >= deadline)
-                break;
-            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        try {
+            const auto deadline = std::chrono::steady_clock::now() + patience;
+            int err = 0;
+            for (;;) {
+                dm::IoctlBuffer buf(table_.name);
+                err = ctl_->run(DM_DEV_REMOVE, buf);
+                if (err != EBUSY || std::chrono::steady_clock::now() >= deadline)
+                    break;
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            }
+            if (err != 0 && err != ENXIO) // ENXIO: someone else removed it already
+                return std::error_code(err, std::generic_category());
+            owned_ = false;
+            remove_node();
+            return {};
+        } catch (const std::bad_alloc&) {
+            return std::make_error_code(std::errc::not_enough_memory);
         }
-        if (err != 0 && err != ENXIO) // ENXIO: someone else removed it already
-            return std::error_code(err, std::generic_category());
-        owned_ = false;
-        remove_node();
-        return {};
     }
 
     // Keep the device after this handle goes away.
@@ -263,7 +269,7 @@ private:
         }
     }
 
-    void remove_node() noexcept {
+    void remove_node() {
         const auto p = path();
         struct stat st {};
         if (::lstat(p.c_str(), &st) == 0 && S_ISBLK(st.st_mode) && st.st_rdev == devno_)
