@@ -141,6 +141,47 @@ private:
     __kernel_timespec timespec_{}; // for timeouts: the kernel reads it after submission
 };
 
+// A poll of fd and, once it fires, a read of it, as one submission (IOSQE_IO_LINK): a
+// thread that waits for data wakes up to a read that has already run. Made by
+// ring::readv_when_ready; neither copyable nor movable, like io_op. Its result is the
+// read's, or the poll's failure (-ECANCELED when cancelled: the read is then not done).
+// It resumes only once both CQEs are in, so neither lands in a frame that is gone.
+class [[nodiscard]] polled_read_op {
+public:
+    template <typename PreparePoll, typename PrepareRead>
+    polled_read_op(ring& r, PreparePoll&& prepare_poll, PrepareRead&& prepare_read) noexcept;
+    polled_read_op(const polled_read_op&) = delete;
+    polled_read_op& operator=(const polled_read_op&) = delete;
+
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> waiter);
+    io_result await_resume() const noexcept {
+        return io_result{poll_.res < 0 ? poll_.res : read_.res};
+    }
+
+    // Key for ring::cancel: the poll. A linked read that has not started cannot be
+    // cancelled by itself; once the poll has fired, the read is under way.
+    std::uint64_t id() const { return detail::user_data_of(poll_); }
+
+private:
+    struct part : completion {
+        polled_read_op* owner = nullptr;
+    };
+    static void part_done(completion* c) noexcept {
+        polled_read_op* self = static_cast<part*>(c)->owner;
+        if (--self->parts_left_ == 0)
+            self->waiter_.resume();
+    }
+
+    ring* ring_;
+    part poll_;
+    part read_;
+    unsigned parts_left_ = 2;
+    io_uring_sqe poll_sqe_;
+    io_uring_sqe read_sqe_;
+    std::coroutine_handle<> waiter_;
+};
+
 class ring {
 public:
     // entries: SQ size; the CQ is sized larger so bursts of completions never overflow.
@@ -209,10 +250,25 @@ public:
         });
     }
     // The iovec array (not only the buffers) must stay alive until the op completes.
-    io_op readv(int fd, std::span<const iovec> iov, std::uint64_t offset) {
+    // rw_flags: RWF_* (RWF_NOWAIT: -EAGAIN instead of waiting for data).
+    io_op readv(int fd, std::span<const iovec> iov, std::uint64_t offset, int rw_flags = 0) {
         return io_op(*this, [&](io_uring_sqe* s, io_op*) {
-            io_uring_prep_readv(s, fd, iov.data(), static_cast<unsigned>(iov.size()), offset);
+            io_uring_prep_readv2(s, fd, iov.data(), static_cast<unsigned>(iov.size()), offset,
+                                 rw_flags);
         });
+    }
+    // poll(fd, events), and when it fires readv(fd, iov, offset, rw_flags), linked: one
+    // submission, and the read runs as the poll fires, without a turn of this loop.
+    // With EPOLLEXCLUSIVE in events, a wake_up() of fd's wait queue wakes one such poll
+    // rather than all of them. The iovec array must stay alive until the op completes.
+    polled_read_op readv_when_ready(int fd, unsigned events, std::span<const iovec> iov,
+                                    std::uint64_t offset, int rw_flags = 0) {
+        return polled_read_op(
+            *this, [&](io_uring_sqe* s) { io_uring_prep_poll_add(s, fd, events); },
+            [&](io_uring_sqe* s) {
+                io_uring_prep_readv2(s, fd, iov.data(), static_cast<unsigned>(iov.size()), offset,
+                                     rw_flags);
+            });
     }
     io_op writev(int fd, std::span<const iovec> iov, std::uint64_t offset) {
         return io_op(*this, [&](io_uring_sqe* s, io_op*) {
@@ -345,6 +401,40 @@ public:
         *s = prepared;
         io_uring_sqe_set_data64(s, user_data);
         ++in_flight_;
+        detail::io_release();
+    }
+
+    // Two operations, the second started only once the first succeeded (IOSQE_IO_LINK;
+    // a failed first fails the second with -ECANCELED). Each CQE completes its own.
+    void submit_linked(completion& first, const io_uring_sqe& first_prepared, completion& second,
+                       const io_uring_sqe& second_prepared) {
+        if (closing_) {
+            first.res = second.res = -ECANCELED;
+            first.cqe_flags = second.cqe_flags = 0;
+            make_ready(first);
+            make_ready(second);
+            return;
+        }
+        // Both in one submission: a link cut by a flush between them would start the
+        // second at once.
+        while (io_uring_sq_space_left(&ring_) < 2) {
+            check_owner("submit to");
+            int r = io_uring_submit(&ring_);
+            if (r == -EBUSY || r == -EAGAIN)
+                reap();
+            else if (r < 0 && r != -EINTR)
+                throw std::system_error(-r, std::system_category(), "io_uring_submit");
+        }
+        const std::uint64_t first_data = detail::user_data_of(first);
+        const std::uint64_t second_data = detail::user_data_of(second);
+        io_uring_sqe* s = get_sqe();
+        *s = first_prepared;
+        s->flags |= IOSQE_IO_LINK;
+        io_uring_sqe_set_data64(s, first_data);
+        s = get_sqe();
+        *s = second_prepared;
+        io_uring_sqe_set_data64(s, second_data);
+        in_flight_ += 2;
         detail::io_release();
     }
 
@@ -585,6 +675,27 @@ io_op::io_op(ring& r, Prepare&& prepare) noexcept : ring_(&r) {
 inline void io_op::await_suspend(std::coroutine_handle<> waiter) {
     waiter_ = waiter;
     ring_->submit(*this, sqe_);
+}
+
+template <typename PreparePoll, typename PrepareRead>
+polled_read_op::polled_read_op(ring& r, PreparePoll&& prepare_poll,
+                               PrepareRead&& prepare_read) noexcept
+    : ring_(&r) {
+    poll_.owner = this;
+    read_.owner = this;
+    poll_.on_complete = &part_done;
+    read_.on_complete = &part_done;
+    poll_.generation = r.next_generation();
+    read_.generation = r.next_generation();
+    poll_sqe_ = {};
+    read_sqe_ = {};
+    prepare_poll(&poll_sqe_);
+    prepare_read(&read_sqe_);
+}
+
+inline void polled_read_op::await_suspend(std::coroutine_handle<> waiter) {
+    waiter_ = waiter;
+    ring_->submit_linked(poll_, poll_sqe_, read_, read_sqe_);
 }
 
 namespace detail {

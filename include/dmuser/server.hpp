@@ -137,6 +137,14 @@ private:
     struct channel {
         unique_fd fd;
         std::vector<std::unique_ptr<slot>> slots;
+        // Part 2 (DM_USER_FEATURE_POLL): no read waits in the kernel. It asks RWF_NOWAIT
+        // (or, where the file refuses that, the fd is O_NONBLOCK); one that finds nothing
+        // waits in an exclusive poll linked to the next read, so a new request wakes one
+        // slot. Reads left waiting in the kernel instead are each polled by io_uring, and
+        // every request woke them all; on 6.1 each that lost twice parked an io-wq thread
+        // blocked in read().
+        bool polled = false;
+        int read_flags = 0; // RWF_NOWAIT, until the file refuses it
     };
     struct worker {
         ring* r = nullptr;
@@ -181,7 +189,10 @@ private:
     task<void> slot_loop(worker& w, channel& ch, slot& s);
     task<bool> read_whole(worker& w, channel& ch, slot& s, request& req);
     task<bool> read_stream(worker& w, channel& ch, slot& s, request& req);
-    task<bool> read_fully(worker& w, int fd, std::byte* at, std::size_t n);
+    task<io_result> read_channel(worker& w, channel& ch, slot* s, std::span<const iovec> iov,
+                                 unsigned events);
+    task<bool> read_fully(worker& w, channel& ch, std::byte* at, std::size_t n);
+    bool nowait_refused(channel& ch, io_result got);
     task<bool> read_rest(worker& w, channel& ch, slot& s, request& req, std::size_t have);
     std::byte* landing_zone(slot& s, const request& req);
     task<bool> send(worker& w, channel& ch, slot& s, const request& req, const reply& rep);

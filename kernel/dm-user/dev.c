@@ -672,6 +672,7 @@ static int dmu_release(struct inode *inode, struct file *file)
 	struct dmu_request *req, *tmp;
 	struct pid *unclaimed = NULL;
 	unsigned int requeued = 0;
+	bool pass_on;
 	LIST_HEAD(back);
 
 	/* No read() or write() of this file runs any more: nothing is busy. */
@@ -706,10 +707,17 @@ static int dmu_release(struct inode *inode, struct file *file)
 		t->orphaned_at = jiffies;
 	if (!list_empty(&t->queue))
 		dmu_arm_watchdog(t);
+	/*
+	 * Requests came back, or a wake-up meant for a queued request may have
+	 * gone to a poll of this file that was cancelled on its way out (an
+	 * exclusive io_uring poll takes the wake-up even while being cancelled):
+	 * the other waiters look again.
+	 */
+	pass_on = requeued || !list_empty(&t->queue);
 	spin_unlock(&t->lock);
 
 	dmu_batch_end(t, &b);
-	if (requeued)
+	if (pass_on)
 		dmu_wake_all(t);
 	put_pid(unclaimed);
 	put_pid(ch->opener);

@@ -8,8 +8,11 @@
 #include <fcntl.h>
 #include <optional>
 #include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <thread>
 #include <unistd.h>
 #include <vector>
@@ -463,4 +466,65 @@ TEST_CASE("ring: a debug build refuses a ring driven from another thread") {
     auto t = [&]() -> task<int> { co_return (co_await r.timeout(1ms)).res; };
     CHECK(r.run(t()) == -ETIME);
 #endif
+}
+
+TEST_CASE("ring: readv_when_ready reads once ready; with EPOLLEXCLUSIVE a wake-up wakes one") {
+    ring r;
+    dmuser::unique_fd efd(::eventfd(0, EFD_CLOEXEC));
+    REQUIRE(efd);
+    std::uint64_t value[2] = {0, 0};
+    iovec iov[2] = {{&value[0], sizeof value[0]}, {&value[1], sizeof value[1]}};
+    int res[2] = {1, 1};
+    // RWF_NOWAIT: a poll woken for nothing would end at once, its read with -EAGAIN.
+    auto waiter = [&](int i) -> task<void> {
+        res[i] = (co_await r.readv_when_ready(efd.get(), EPOLLIN | EPOLLEXCLUSIVE,
+                                              std::span<const iovec>(&iov[i], 1), 0, RWF_NOWAIT))
+                     .res;
+    };
+    dmuser::spawn(waiter(0));
+    dmuser::spawn(waiter(1));
+    r.run_once(false); // both polls armed; nothing to read yet
+    CHECK(res[0] == 1);
+    CHECK(res[1] == 1);
+    auto done = [&] { return (res[0] != 1) + (res[1] != 1); };
+    std::uint64_t one = 1;
+    // eventfd's write wakes its waiters inside write(): every poll it wakes has its work
+    // queued before the ring is entered again.
+    REQUIRE(::write(efd.get(), &one, sizeof one) == sizeof one);
+    while (done() == 0)
+        r.run_once(true);
+    r.run_once(false);
+    REQUIRE(done() == 1); // a poll without EPOLLEXCLUSIVE would have woken too
+    const int first = res[0] != 1 ? 0 : 1;
+    CHECK(res[first] == static_cast<int>(sizeof(std::uint64_t)));
+    CHECK(value[first] == 1);
+    REQUIRE(::write(efd.get(), &one, sizeof one) == sizeof one);
+    while (done() < 2)
+        r.run_once(true);
+    CHECK(res[1 - first] == static_cast<int>(sizeof(std::uint64_t)));
+    CHECK(value[1 - first] == 1);
+}
+
+TEST_CASE("ring: cancelling readv_when_ready's poll ends it with -ECANCELED, nothing read") {
+    ring r;
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    dmuser::unique_fd rd(p[0]), wr(p[1]);
+    std::byte buf[16];
+    const iovec iov{buf, sizeof buf};
+    std::uint64_t id = 0;
+    int read_res = 1;
+    auto reader = [&]() -> task<void> {
+        dmuser::polled_read_op op = r.readv_when_ready(rd.get(), POLLIN, std::span(&iov, 1), 0);
+        id = op.id();
+        read_res = (co_await op).res;
+    };
+    dmuser::spawn(reader());
+    auto canceller = [&]() -> task<int> { co_return (co_await r.cancel(id)).res; };
+    CHECK(r.run(canceller()) == 0);
+    while (read_res == 1)
+        r.run_once(true);
+    CHECK(read_res == -ECANCELED);
+    CHECK(::write(wr.get(), "x", 1) == 1);
+    CHECK(::read(rd.get(), buf, sizeof buf) == 1); // the byte is still there: not read
 }

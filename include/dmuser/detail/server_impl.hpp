@@ -4,7 +4,9 @@
 #include "dmuser/server.hpp"
 
 #include <cstring>
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/epoll.h>
 
 namespace dmuser {
 
@@ -66,6 +68,11 @@ int server<S>::run() {
             if (auto ec = source_.set_channel_flags(ch->fd.get(), DM_USER_CHANNEL_REQUEUE_ON_CLOSE))
                 log::warn("{}: DM_USER_CHANNEL_REQUEUE_ON_CLOSE: {}", source_.describe(),
                           ec.message());
+    if (module_.has_feature(DM_USER_FEATURE_POLL))
+        for (auto& ch : channels_) {
+            ch->polled = true;
+            ch->read_flags = RWF_NOWAIT;
+        }
     for (auto& ch : channels_)
         for (unsigned d = 0; d < depth; ++d) {
             auto s = std::make_unique<slot>();
@@ -206,14 +213,66 @@ void server<S>::reject(worker& w, std::string_view why, const request* req) {
         log::error("{}: malformed message rejected: {}", source_.describe(), why);
 }
 
+// A file that refuses RWF_NOWAIT (no FMODE_NOWAIT: a socket or pipe before Linux 6.6,
+// say) gets O_NONBLOCK instead. io_uring may then poll such a read itself, but it still
+// never waits in read(). True: read again.
+template <BlockStore S>
+bool server<S>::nowait_refused(channel& ch, io_result got) {
+    if (got.res != -EOPNOTSUPP || ch.read_flags == 0)
+        return false;
+    ch.read_flags = 0;
+    const int fd = ch.fd.get();
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+        log::warn("{}: neither RWF_NOWAIT nor O_NONBLOCK: {}; reads wait in the kernel",
+                  source_.describe(), std::strerror(errno));
+        ch.polled = false;
+    }
+    return true;
+}
+
+// One read of a channel. On a polled channel it never waits in the kernel: finding
+// nothing (-EAGAIN), it waits in a poll for `events` that is linked to the next read.
+// With a slot (a read that may take a new request), that wait is cancellable by
+// stop_worker and ends once the worker stops; without one (the rest of a request this
+// slot holds), it waits until the rest comes.
+template <BlockStore S>
+task<io_result> server<S>::read_channel(worker& w, channel& ch, slot* s, std::span<const iovec> iov,
+                                        unsigned events) {
+    bool poll_first = false;
+    for (;;) {
+        io_result got;
+        if (poll_first) {
+            polled_read_op rd = w.r->readv_when_ready(ch.fd.get(), events, iov, 0, ch.read_flags);
+            if (s)
+                s->pending_read = rd.id();
+            got = co_await rd;
+        } else {
+            io_op rd = w.r->readv(ch.fd.get(), iov, 0, ch.read_flags);
+            if (s)
+                s->pending_read = rd.id();
+            got = co_await rd;
+        }
+        if (s)
+            s->pending_read = 0;
+        if (got.res == -EAGAIN && ch.polled && !(s && w.stopping)) {
+            poll_first = true;
+            continue;
+        }
+        if (nowait_refused(ch, got))
+            continue;
+        co_return got;
+    }
+}
+
 template <BlockStore S>
 task<bool> server<S>::read_whole(worker& w, channel& ch, slot& s, request& req) {
     s.iov[0] = iovec{s.header, header_size};
     s.iov[1] = iovec{s.buffer.get(), read_size_};
-    io_op rd = w.r->readv(ch.fd.get(), std::span<const iovec>(s.iov, 2), 0);
-    s.pending_read = rd.id();
-    io_result got = co_await rd;
-    s.pending_read = 0;
+    // Exclusive: a new request wakes one waiting slot (wake_up_interruptible_poll wakes
+    // one exclusive waiter), and the woken slot's read is already linked to its poll.
+    io_result got = co_await read_channel(w, ch, &s, std::span<const iovec>(s.iov, 2),
+                                          EPOLLIN | EPOLLEXCLUSIVE);
     if (!check_read_result(w, got))
         co_return false;
     std::size_t n = got.bytes();
@@ -238,10 +297,13 @@ task<bool> server<S>::read_whole(worker& w, channel& ch, slot& s, request& req) 
     co_return true;
 }
 
+// The rest of a request this slot has begun: not exclusive, so it takes no wake-up meant
+// for a new request.
 template <BlockStore S>
-task<bool> server<S>::read_fully(worker& w, int fd, std::byte* at, std::size_t n) {
+task<bool> server<S>::read_fully(worker& w, channel& ch, std::byte* at, std::size_t n) {
     while (n > 0) {
-        io_result got = co_await w.r->read(fd, std::span(at, n), 0);
+        const iovec iov{at, n};
+        io_result got = co_await read_channel(w, ch, nullptr, std::span(&iov, 1), EPOLLIN);
         if (got.res == -EINTR || got.res == -EAGAIN)
             continue;
         if (!check_read_result(w, got))
@@ -295,7 +357,7 @@ task<bool> server<S>::read_rest(worker& w, channel& ch, slot& s, request& req, s
         std::memcpy(dest, buffered, got);
     else
         dest = buffered;
-    if (!co_await read_fully(w, ch.fd.get(), dest + got, req.len - got))
+    if (!co_await read_fully(w, ch, dest + got, req.len - got))
         co_return false;
     if (!s.landed)
         req.payload = std::span<const std::byte>(buffered, req.len);
@@ -317,15 +379,13 @@ template <BlockStore S>
 task<bool> server<S>::read_stream(worker& w, channel& ch, slot& s, request& req) {
     // Only a read that has not started a request may be cancelled: after the first byte
     // the request is ours to answer.
-    const int fd = ch.fd.get();
-    io_op rd = w.r->read(fd, std::span(s.header, header_size), 0);
-    s.pending_read = rd.id();
-    io_result got = co_await rd;
-    s.pending_read = 0;
+    s.iov[0] = iovec{s.header, header_size};
+    io_result got = co_await read_channel(w, ch, &s, std::span<const iovec>(s.iov, 1),
+                                          EPOLLIN | EPOLLEXCLUSIVE);
     if (!check_read_result(w, got))
         co_return false;
     std::size_t have = got.bytes();
-    if (have < header_size && !co_await read_fully(w, fd, s.header + have, header_size - have))
+    if (have < header_size && !co_await read_fully(w, ch, s.header + have, header_size - have))
         co_return false;
     req = decode_header(std::span<const std::byte, header_size>(s.header, header_size));
     s.bad = {};
@@ -336,7 +396,7 @@ task<bool> server<S>::read_stream(worker& w, channel& ch, slot& s, request& req)
         std::uint64_t left = req.len;
         while (left > 0) {
             std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, s.capacity));
-            if (!co_await read_fully(w, fd, s.buffer.get(), n))
+            if (!co_await read_fully(w, ch, s.buffer.get(), n))
                 co_return false;
             left -= n;
         }
@@ -347,7 +407,7 @@ task<bool> server<S>::read_stream(worker& w, channel& ch, slot& s, request& req)
     if (req.carries_payload()) {
         // The header came alone, so the payload may go straight to the store.
         std::byte* dest = landing_zone(s, req);
-        if (!co_await read_fully(w, fd, dest ? dest : s.buffer.get(), req.len))
+        if (!co_await read_fully(w, ch, dest ? dest : s.buffer.get(), req.len))
             co_return false;
         if (!s.landed)
             req.payload = std::span<const std::byte>(s.buffer.get(), req.len);
@@ -373,6 +433,11 @@ task<bool> server<S>::send(worker& w, channel& ch, slot& s, const request& req, 
                       ch.fd.get(),
                       std::span(static_cast<const std::byte*>(iov[0].iov_base), iov[0].iov_len), 0)
                 : co_await w.r->writev(ch.fd.get(), std::span(iov, count), 0);
+        if (got.res == -EAGAIN && ch.polled) {
+            // An O_NONBLOCK channel (nowait_refused) whose buffer is full.
+            co_await w.r->poll(ch.fd.get(), POLLOUT);
+            continue;
+        }
         if (got.res == -EINTR || got.res == -EAGAIN)
             continue;
         if (got.res == -ENOTBLK) {
