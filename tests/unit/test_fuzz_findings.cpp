@@ -1,0 +1,77 @@
+// Regression tests for what the libFuzzer targets of tests/fuzz/ found in the SDK. Each
+// case names the finding; its crashing input stays in tests/fuzz/corpus/.
+#include "server_fixture.hpp"
+
+#include <sys/socket.h>
+
+using test::mem_store;
+using test::running_server;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Part 1 channels over stream socketpairs whose kernel ends the test holds, so it can end
+// one channel and leave the others open (the fake kernel ends all of them at once).
+class socket_channels final : public dmuser::channel_source {
+public:
+    dmuser::unique_fd open_channel() override {
+        int sv[2];
+        REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+        kernel_ends.emplace_back(sv[0]);
+        return dmuser::unique_fd(sv[1]);
+    }
+    dmuser::module_info query(int) override { return {}; } // ENOTTY: Android's module
+    std::error_code set_channel_flags(int, std::uint64_t) override {
+        return std::make_error_code(std::errc::inappropriate_io_control_operation);
+    }
+    std::string describe() const override { return "socket channels"; }
+
+    std::vector<dmuser::unique_fd> kernel_ends;
+};
+
+// Waits for run() to end; the bound only turns a hang into a failure (it then unblocks
+// the server by ending every channel, so the test process can go on).
+bool ends(running_server<mem_store>& s, socket_channels& src) {
+    auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (!s.finished() && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(1ms);
+    bool ended = s.finished();
+    if (!ended)
+        for (auto& fd : src.kernel_ends)
+            ::shutdown(fd.get(), SHUT_RDWR);
+    s.join();
+    return ended;
+}
+
+struct quiet_log {
+    dmuser::log::level before = dmuser::log::get_level();
+    quiet_log() { dmuser::log::set_level(dmuser::log::level::off); }
+    ~quiet_log() { dmuser::log::set_level(before); }
+};
+
+} // namespace
+
+TEST_CASE("fuzz finding: end of file on one channel cancels the reads of the worker's other "
+          "channels, so run() ends") {
+    // One worker, two channels. The first read to meet EOF marked the worker stopping
+    // before it asked the server to stop, and stop_worker then skipped the cancelling it
+    // does only once: the other channel's read waited for ever, and so did run().
+    quiet_log quiet;
+    socket_channels src;
+    mem_store store(1 << 20);
+    running_server s(store, src, {.threads = 1, .channels = 2});
+    REQUIRE(src.kernel_ends.size() == 2);
+    ::shutdown(src.kernel_ends[0].get(), SHUT_WR); // channel 0 reads end of file
+    CHECK(ends(s, src));
+}
+
+TEST_CASE("fuzz finding: stop() after a read met end of file still ends run()") {
+    quiet_log quiet;
+    socket_channels src;
+    mem_store store(1 << 20);
+    running_server s(store, src, {.threads = 1, .channels = 3});
+    REQUIRE(src.kernel_ends.size() == 3);
+    ::shutdown(src.kernel_ends[1].get(), SHUT_WR);
+    s.srv.stop();
+    CHECK(ends(s, src));
+}
