@@ -7,6 +7,7 @@
 #include "dmuser/task.hpp"
 #include "dmuser/unique_fd.hpp"
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <coroutine>
@@ -49,6 +50,22 @@ inline void io_release() noexcept {}
 inline void io_acquire() noexcept {}
 #endif
 } // namespace detail
+
+namespace testing {
+// Fault injection for tests (tests/fuzz/fuzz_server.cpp): when set, every operation a
+// ring is about to hand to the kernel is shown to it first; a negative return completes
+// the operation with that -errno instead, as if the kernel had failed it, and 0 lets it
+// through. It is called on the ring's thread, so it must be thread-safe. Process-wide;
+// returns the previous one so a test can restore it. Unset, it costs one relaxed load
+// per submission.
+using fault_injector = int (*)(const io_uring_sqe& op) noexcept;
+namespace detail {
+inline std::atomic<fault_injector> injector{nullptr};
+} // namespace detail
+inline fault_injector set_fault_injector(fault_injector fn) noexcept {
+    return detail::injector.exchange(fn);
+}
+} // namespace testing
 
 // The outcome of one operation: res as io_uring reports it (bytes, or -errno).
 struct io_result {
@@ -301,6 +318,13 @@ public:
             make_ready(c);
             return;
         }
+        if (auto inject = testing::detail::injector.load(std::memory_order_relaxed))
+            if (int res = inject(prepared); res < 0) {
+                c.res = res;
+                c.cqe_flags = 0;
+                make_ready(c);
+                return;
+            }
         io_uring_sqe* s = get_sqe();
         *s = prepared;
         io_uring_sqe_set_data(s, &c);

@@ -1,0 +1,82 @@
+# The SDK's libFuzzer targets (tests/fuzz/, issue 11 §3): built with clang into build-fuzz/
+# by fuzz_build, so the gcc build needs no clang. ./dev test runs each over its committed
+# corpus and then a short seeded run (fuzz_tests); ./dev soak 'sdk-fuzz-*' runs them longer
+# (fuzz_soak, from scripts/dev/soak.sh).
+
+FUZZ_TARGETS=(fuzz_protocol fuzz_server)
+# Runs of the seeded run in ./dev test, per target: together with the corpora, well under a
+# minute on a loaded 2-core host (fuzz_server does a few hundred inputs a second).
+FUZZ_TEST_RUNS=${FUZZ_TEST_RUNS:-2000}
+
+# fuzz_build: build-fuzz/<target> for every target, rebuilt when a source or header changed.
+fuzz_build() {
+    need_pkgs "${BUILD_PKGS[@]}" "${FUZZ_PKGS[@]}"
+    local out=$DEV_ROOT/build-fuzz target src
+    mkdir -p "$out"
+    # -fno-sanitize=function: clang 14 cannot emit UBSan's function checks for
+    # coroutines ("Cannot represent a difference across sections", llvm issue 49689).
+    local flags=(-std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize=function
+        -fno-sanitize-recover=all -Wall -Wextra -Werror
+        -I"$DEV_ROOT/include" -I"$DEV_ROOT/kernel/dm-user/include/uapi")
+    for target in "${FUZZ_TARGETS[@]}"; do
+        src=$DEV_ROOT/tests/fuzz/$target.cpp
+        if [ -x "$out/$target" ] && [ -z "$(find "$src" "$DEV_ROOT/include" \
+            "$DEV_ROOT/kernel/dm-user/include/uapi" -newer "$out/$target" -print -quit)" ]; then
+            continue
+        fi
+        say "building build-fuzz/$target (clang, libFuzzer + ASan + UBSan)"
+        nice clang++ "${flags[@]}" "$src" -o "$out/$target" -luring -lfmt -pthread \
+            >"$out/$target.log" 2>&1 || {
+            tail -n 40 "$out/$target.log" >&2
+            return 1
+        }
+    done
+}
+
+# The options every run shares: a crash, leak or hang (-timeout per input) fails it.
+fuzz_common_opts() {
+    echo -timeout=25 -rss_limit_mb=4096 -print_final_stats=1 \
+        -artifact_prefix="$DEV_ROOT/build-fuzz/crash-$1-"
+}
+
+fuzz_tests() {
+    say "fuzz targets (build-fuzz/)"
+    if ! fuzz_build; then
+        t_fail "fuzz: build of the targets (see build-fuzz/*.log)"
+        return
+    fi
+    local target corpus log n
+    for target in "${FUZZ_TARGETS[@]}"; do
+        corpus=$DEV_ROOT/tests/fuzz/corpus/$target
+        log=$DEV_ROOT/build-fuzz/$target-test.log
+        n=$(find "$corpus" -type f | wc -l)
+        # shellcheck disable=SC2046
+        if [ "$n" -gt 0 ] && "$DEV_ROOT/build-fuzz/$target" $(fuzz_common_opts "$target") \
+            -runs=0 "$corpus" >"$log.corpus" 2>&1; then
+            t_pass "fuzz: $target replays its corpus ($n inputs)"
+        else
+            t_fail "fuzz: $target replays its corpus ($n inputs; see build-fuzz/$target-test.log.corpus)"
+            tail -n 30 "$log.corpus" | sed 's/^/      /' >&2
+        fi
+        # New inputs go to a scratch copy: the committed corpus stays as it is.
+        rm -rf "$DEV_ROOT/build-fuzz/$target-scratch"
+        cp -r "$corpus" "$DEV_ROOT/build-fuzz/$target-scratch"
+        # shellcheck disable=SC2046
+        if "$DEV_ROOT/build-fuzz/$target" $(fuzz_common_opts "$target") -seed=1 \
+            -runs="$FUZZ_TEST_RUNS" -max_len=2048 "$DEV_ROOT/build-fuzz/$target-scratch" \
+            >"$log" 2>&1; then
+            t_pass "fuzz: $target, $FUZZ_TEST_RUNS seeded runs (seed 1): $(fuzz_figures "$log")"
+        else
+            t_fail "fuzz: $target, $FUZZ_TEST_RUNS seeded runs (seed 1; see build-fuzz/$target-test.log)"
+            grep -m 1 -A 20 -E '^(==[0-9]+==ERROR|fuzz_|.*runtime error)' "$log" | sed 's/^/      /' >&2
+        fi
+    done
+}
+
+# fuzz_figures LOG: "execs=N execs/s=N cov=N" from libFuzzer's final stats.
+fuzz_figures() {
+    awk '/stat::number_of_executed_units/ { n = $2 }
+         /stat::average_exec_per_sec/ { s = $2 }
+         /^#[0-9]+.*cov: / { for (i = 1; i <= NF; i++) if ($i == "cov:") c = $(i + 1) }
+         END { printf "execs=%s execs/s=%s cov=%s", n, s, c }' "$1"
+}
