@@ -2,6 +2,7 @@
 // case names the finding; its crashing input stays in tests/fuzz/corpus/.
 #include "server_fixture.hpp"
 
+#include <future>
 #include <sys/socket.h>
 
 using test::mem_store;
@@ -74,4 +75,34 @@ TEST_CASE("fuzz finding: stop() after a read met end of file still ends run()") 
     ::shutdown(src.kernel_ends[1].get(), SHUT_WR);
     s.srv.stop();
     CHECK(ends(s, src));
+}
+
+TEST_CASE("fuzz finding: a WRITE shorter than its header says, on a write_view server, is "
+          "answered ERROR, not taken for a split one (stop() hung)") {
+    // A store with write_view makes whole-message reads stop after write_view_above bytes;
+    // the rest of a larger WRITE comes with the next read. A read that came back short of
+    // its header's len was taken for such a split even when it had not filled the buffer,
+    // so the server waited, uncancellably, for payload that never comes (fuzz_server input
+    // tests/fuzz/corpus/fuzz_server/crash-short-write-taken-as-split). The module splits a
+    // message only when it fills the read's buffer.
+    quiet_log quiet;
+    dmuser::testing::fake_options o;
+    o.split = dmuser::header_size + 8192; // as the module answers a read of header + 8 KiB
+    dmuser::testing::fake_kernel k(o);
+    test::landing_store store(k.options().device_bytes);
+    running_server s(store, k, {.depth = 2, .write_view_above = 8192});
+    dmuser::request h;
+    h.type = DM_USER_REQ_MAP_WRITE;
+    h.len = 4096;
+    auto answer = k.inject_request(0, h, test::pattern(100, 1));
+    bool answered = answer.wait_for(60s) == std::future_status::ready;
+    if (!answered)
+        k.remove_target(); // unblocks the server so the test can end
+    REQUIRE(answered);
+    CHECK(answer.get().result == DM_USER_RESP_ERROR);
+    // And the server still serves the module's real split WRITEs.
+    auto data = test::pattern(3 * 8192, 2);
+    CHECK(k.write(0, data).result == DM_USER_RESP_SUCCESS);
+    CHECK(k.read(0, data.size()).data == data);
+    CHECK(s.stop() == 0);
 }
