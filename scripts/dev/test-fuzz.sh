@@ -13,6 +13,7 @@ fuzz_build() {
     need_pkgs "${BUILD_PKGS[@]}" "${FUZZ_PKGS[@]}"
     local out=$DEV_ROOT/build-fuzz target src
     mkdir -p "$out"
+    # shellcheck disable=SC2054 # the commas are -fsanitize's
     # -fno-sanitize=function: clang 14 cannot emit UBSan's function checks for
     # coroutines ("Cannot represent a difference across sections", llvm issue 49689).
     local flags=(-std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize=function
@@ -68,7 +69,7 @@ fuzz_tests() {
             t_pass "fuzz: $target, $FUZZ_TEST_RUNS seeded runs (seed 1): $(fuzz_figures "$log")"
         else
             t_fail "fuzz: $target, $FUZZ_TEST_RUNS seeded runs (seed 1; see build-fuzz/$target-test.log)"
-            grep -m 1 -A 20 -E '^(==[0-9]+==ERROR|fuzz_|.*runtime error)' "$log" | sed 's/^/      /' >&2
+            grep -m 1 -A 20 -E '^(==[0-9]+==ERROR|fuzz_|.*runtime error)' "$log" | sed 's/^/      /' >&2 || true
         fi
     done
 }
@@ -79,4 +80,63 @@ fuzz_figures() {
          /stat::average_exec_per_sec/ { s = $2 }
          /^#[0-9]+.*cov: / { for (i = 1; i <= NF; i++) if ($i == "cov:") c = $(i + 1) }
          END { printf "execs=%s execs/s=%s cov=%s", n, s, c }' "$1"
+}
+
+fuzz_compiler() {
+    clang++ --version 2>/dev/null | head -n 1 | sed 's/^Debian //; s/ (.*//'
+}
+
+# fuzz_soak GLOB SECONDS FIGURES RESULTS: runs each target whose scenario name
+# (sdk-fuzz-protocol, sdk-fuzz-server) GLOB matches for SECONDS, from its committed corpus
+# (new inputs go to build-fuzz/<target>-soak/), printing its progress every minute; appends
+# "NAME\tfigures" to FIGURES and "ok|fail\tNAME\t\treason" to RESULTS, as the VM scenarios
+# do. False when no target matched.
+fuzz_soak() {
+    local glob=$1 seconds=$2 figures=$3 results=$4 target name log corpus ran='' rc pid
+    for target in "${FUZZ_TARGETS[@]}"; do
+        name=sdk-fuzz-${target#fuzz_}
+        # shellcheck disable=SC2053
+        [[ "$name" == $glob ]] || continue
+        if [ -z "$ran" ]; then
+            ran=1
+            fuzz_build || die "build of the fuzz targets failed (see build-fuzz/*.log)"
+        fi
+        corpus=$DEV_ROOT/build-fuzz/$target-soak
+        log=$DEV_ROOT/build-fuzz/$target-soak.log
+        mkdir -p "$corpus"
+        cp -n "$DEV_ROOT/tests/fuzz/corpus/$target"/* "$corpus"/ || true
+        say "soak: $name for $seconds s (log: build-fuzz/$target-soak.log)"
+        # shellcheck disable=SC2046
+        nice "$DEV_ROOT/build-fuzz/$target" $(fuzz_common_opts "$target") -max_len=2048 \
+            -max_total_time="$seconds" "$corpus" >"$log" 2>&1 &
+        pid=$!
+        while ! wait_or_tick "$pid" 60; do
+            printf '  %s: %s\n' "$name" "$(grep -E '^#[0-9]+' "$log" | tail -n 1)" >&2
+        done
+        rc=0
+        wait "$pid" || rc=$?
+        local figs crash
+        figs="$(fuzz_figures "$log") crashes=$([ "$rc" = 0 ] && echo 0 || echo 1)"
+        printf '%s\t%s\n' "$name" "$figs" >>"$figures"
+        if [ "$rc" = 0 ]; then
+            printf 'ok\t%s\n' "$name" >>"$results"
+            t_pass "soak: $name ($figs)"
+        else
+            crash=$(find "$DEV_ROOT/build-fuzz" -name "crash-$target-*" -newer "$corpus" | head -n 1)
+            printf 'fail\t%s\t\t%s\n' "$name" "crash input ${crash#"$DEV_ROOT"/}" >>"$results"
+            t_fail "soak: $name ($figs; crash input ${crash#"$DEV_ROOT"/})"
+            grep -m 1 -A 20 -E '^(==[0-9]+==ERROR|fuzz_|.*runtime error)' "$log" | sed 's/^/      /' >&2 || true
+        fi
+    done
+    [ -n "$ran" ]
+}
+
+# wait_or_tick PID SECONDS: true once PID has ended, false after SECONDS if it still runs.
+wait_or_tick() {
+    local i
+    for ((i = 0; i < $2; i++)); do
+        kill -0 "$1" 2>/dev/null || return 0
+        sleep 1
+    done
+    ! kill -0 "$1" 2>/dev/null
 }

@@ -59,6 +59,15 @@ using namespace std::chrono_literals;
 }
 using ull = unsigned long long;
 
+// FUZZ_SERVER_TRACE=1 prints the configuration and each event, to read a crash input.
+const bool tracing = std::getenv("FUZZ_SERVER_TRACE") != nullptr;
+void trace(const char* fmt_text, auto... args) {
+    if (tracing) {
+        std::fprintf(stderr, fmt_text, args...);
+        std::fprintf(stderr, "\n");
+    }
+}
+
 // --- stores ---------------------------------------------------------------------------
 struct mem_store {
     std::vector<std::byte> mem;
@@ -237,6 +246,7 @@ public:
             whole_read_ = cfg_.whole() ? read_capacity() : 0;
             script();
         }
+        trace("%s", "stop");
         srv_.stop();
         // Collect answers until run() ends: it answers what it read, then returns.
         wait_until(
@@ -418,6 +428,9 @@ private:
                 o.tainted = true;
                 s.tainted = true;
             }
+        trace("send ch %zu seq %llu type %llu len %llu sector %llu payload %zu pieces %zu", s.channel,
+              static_cast<ull>(seq), static_cast<ull>(type), static_cast<ull>(len),
+              static_cast<ull>(sector), payload_bytes, cuts.size() + 1);
         in_flight_.emplace(seq, std::move(s));
         ++messages_;
         bytes_sent_ += msg.size();
@@ -468,6 +481,7 @@ private:
         auto& c = chans[in_.ConsumeIntegralInRange<std::size_t>(0, chans.size() - 1)];
         bool on_write = in_.ConsumeBool();
         int err = errs[in_.ConsumeIntegralInRange<std::size_t>(0, std::size(errs) - 1)];
+        trace("inject %s on ch %zu: %s", on_write ? "write" : "read", index_of(c), std::strerror(err));
         std::lock_guard lock(injections_mutex);
         injections.push_back({c.daemon_fd, on_write, err});
     }
@@ -478,6 +492,7 @@ private:
         auto& c = chans[in_.ConsumeIntegralInRange<std::size_t>(0, chans.size() - 1)];
         if (!c.kernel)
             return;
+        trace("%s ch %zu", close ? "close" : "eof", index_of(c));
         if (close) {
             c.kernel.reset(); // what it held is never answered
         } else if (!c.eof) {
@@ -599,6 +614,12 @@ void run_input(FuzzedDataProvider& in, const config& cfg, dmuser::server_options
     std::uint64_t mp = cfg.part2 ? cfg.max_payload : opts.part1_max_payload;
     bool splits = dmuser::has_write_view<Store> && cfg.whole() && opts.write_view_above > 0 &&
                   opts.write_view_above < mp;
+    trace("part2 %d features %#llx max_payload %llu store %zu threads %u channels %u depth %u "
+          "part1_max %llu write_view_above %zu lending %d splits %d",
+          cfg.part2, static_cast<ull>(cfg.features), static_cast<ull>(cfg.max_payload),
+          cfg.store_bytes, opts.threads, opts.channels, opts.depth,
+          static_cast<ull>(opts.part1_max_payload), opts.write_view_above,
+          dmuser::has_write_view<Store>, splits);
     harness<Store> h(in, cfg, opts);
     h.read_size_ = splits ? opts.write_view_above : mp;
     h.server_splits_writes_ = splits;
