@@ -4,13 +4,12 @@
 // payload, store size); every header is decoded, re-encoded, answered and checked, and
 // every field must mean what the ABI says the bytes mean. Under ASan, nothing may read
 // past the input: each header is copied to a buffer of exactly 40 bytes first.
-#include <dmuser/protocol.hpp>
-
 #include <array>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <dmuser/protocol.hpp>
 #include <memory>
 #include <string_view>
 
@@ -31,9 +30,9 @@ std::uint64_t abi_u64(const unsigned char* p, abi_field f) {
 
 // "Operations: READ 0, WRITE 1, ... ZONE_RESET_ALL 12"; above 12 nothing is defined.
 constexpr std::array<std::string_view, 13> abi_ops = {
-    "READ",       "WRITE",        "FLUSH",      "DISCARD",     "SECURE_ERASE",
-    "WRITE_SAME", "WRITE_ZEROES", "ZONE_OPEN",  "ZONE_CLOSE",  "ZONE_FINISH",
-    "ZONE_APPEND", "ZONE_RESET",  "ZONE_RESET_ALL",
+    "READ",        "WRITE",        "FLUSH",          "DISCARD",    "SECURE_ERASE",
+    "WRITE_SAME",  "WRITE_ZEROES", "ZONE_OPEN",      "ZONE_CLOSE", "ZONE_FINISH",
+    "ZONE_APPEND", "ZONE_RESET",   "ZONE_RESET_ALL",
 };
 constexpr std::uint64_t abi_read = 0, abi_write = 1;
 // "a payload: the data of a WRITE request (len bytes) ... No other message carries one."
@@ -126,16 +125,14 @@ void check_one(const unsigned char* wire, std::uint64_t max_payload, std::uint64
     std::string_view why = dmuser::check_request(req, max_payload, store_bytes);
     bool servable = abi_servable(req.type, req.sector, req.len, max_payload, store_bytes);
     if (why.empty() != servable) {
-        std::fprintf(stderr,
-                     "fuzz_protocol: check_request says '%.*s' for type %llu sector %llu len %llu "
-                     "(max_payload %llu, store %llu B); the ABI says %s\n",
-                     static_cast<int>(why.size()), why.data(),
-                     static_cast<unsigned long long>(req.type),
-                     static_cast<unsigned long long>(req.sector),
-                     static_cast<unsigned long long>(req.len),
-                     static_cast<unsigned long long>(max_payload),
-                     static_cast<unsigned long long>(store_bytes),
-                     servable ? "servable" : "not servable");
+        std::fprintf(
+            stderr,
+            "fuzz_protocol: check_request says '%.*s' for type %llu sector %llu len %llu "
+            "(max_payload %llu, store %llu B); the ABI says %s\n",
+            static_cast<int>(why.size()), why.data(), static_cast<unsigned long long>(req.type),
+            static_cast<unsigned long long>(req.sector), static_cast<unsigned long long>(req.len),
+            static_cast<unsigned long long>(max_payload),
+            static_cast<unsigned long long>(store_bytes), servable ? "servable" : "not servable");
         std::abort();
     }
 }

@@ -25,10 +25,6 @@
 //  - no file descriptor leaks (/proc/self/fd is counted before and after).
 // Every process-wide setting the input touches (log level, SIGPIPE, the fault injector) is
 // saved and restored around it, so one input cannot change the next (or a later test).
-#include <dmuser/server.hpp>
-
-#include <fuzzer/FuzzedDataProvider.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -38,6 +34,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <dirent.h>
+#include <dmuser/server.hpp>
+#include <fuzzer/FuzzedDataProvider.h>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -199,9 +197,9 @@ public:
     std::string describe() const override { return "scripted kernel"; }
 
     struct chan {
-        dmuser::unique_fd kernel; // our end; reset when the script closes the channel
-        int daemon_fd = -1;       // the server's end, for injections
-        bool eof = false;         // shut down for writing: nothing more is sent
+        dmuser::unique_fd kernel;  // our end; reset when the script closes the channel
+        int daemon_fd = -1;        // the server's end, for injections
+        bool eof = false;          // shut down for writing: nothing more is sent
         std::vector<std::byte> in; // stream: response bytes not parsed yet
     };
     std::vector<chan> chans; // only the fuzz thread touches it after run() opened them
@@ -218,7 +216,7 @@ struct sent {
     std::uint64_t begin, end; // byte range, saturated
     bool servable;            // the ABI lets a daemon answer SUCCESS
     bool changes_store;
-    bool tainted = false; // an overlapping request that changes the store was in flight
+    bool tainted = false;           // an overlapping request that changes the store was in flight
     std::vector<std::byte> payload; // a WRITE's, when it matches len
 };
 
@@ -428,8 +426,8 @@ private:
                 o.tainted = true;
                 s.tainted = true;
             }
-        trace("send ch %zu seq %llu type %llu len %llu sector %llu payload %zu pieces %zu", s.channel,
-              static_cast<ull>(seq), static_cast<ull>(type), static_cast<ull>(len),
+        trace("send ch %zu seq %llu type %llu len %llu sector %llu payload %zu pieces %zu",
+              s.channel, static_cast<ull>(seq), static_cast<ull>(type), static_cast<ull>(len),
               static_cast<ull>(sector), payload_bytes, cuts.size() + 1);
         in_flight_.emplace(seq, std::move(s));
         ++messages_;
@@ -442,8 +440,8 @@ private:
         for (std::size_t i = 0; i <= cuts.size(); ++i) {
             std::size_t to = i < cuts.size() ? cuts[i] : msg.size();
             while (at < to) {
-                ssize_t k = ::send(c.kernel.get(), msg.data() + at, to - at,
-                                   MSG_NOSIGNAL | MSG_DONTWAIT);
+                ssize_t k =
+                    ::send(c.kernel.get(), msg.data() + at, to - at, MSG_NOSIGNAL | MSG_DONTWAIT);
                 if (k < 0 && errno == EINTR)
                     continue;
                 if (k < 0 && errno != EAGAIN) {
@@ -481,7 +479,8 @@ private:
         auto& c = chans[in_.ConsumeIntegralInRange<std::size_t>(0, chans.size() - 1)];
         bool on_write = in_.ConsumeBool();
         int err = errs[in_.ConsumeIntegralInRange<std::size_t>(0, std::size(errs) - 1)];
-        trace("inject %s on ch %zu: %s", on_write ? "write" : "read", index_of(c), std::strerror(err));
+        trace("inject %s on ch %zu: %s", on_write ? "write" : "read", index_of(c),
+              std::strerror(err));
         std::lock_guard lock(injections_mutex);
         injections.push_back({c.daemon_fd, on_write, err});
     }
@@ -541,12 +540,11 @@ private:
         std::size_t at = 0;
         const std::size_t ch = index_of(c);
         while (n - at >= 40) {
-            dmuser::request r =
-                dmuser::decode_header(std::span<const std::byte, 40>(buf + at, 40));
+            dmuser::request r = dmuser::decode_header(std::span<const std::byte, 40>(buf + at, 40));
             auto it = in_flight_.find(r.seq);
             if (it == in_flight_.end() || it->second.channel != ch)
-                fail("channel %zu: response for seq %llu, which it does not hold (result %llu)",
-                     ch, static_cast<ull>(r.seq), static_cast<ull>(r.type));
+                fail("channel %zu: response for seq %llu, which it does not hold (result %llu)", ch,
+                     static_cast<ull>(r.seq), static_cast<ull>(r.type));
             sent& s = it->second;
             if (r.type > DM_USER_RESP_UNSUPPORTED)
                 fail("seq %llu: result %llu is none of SUCCESS, ERROR, UNSUPPORTED",
@@ -649,7 +647,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         opts.depth = in.ConsumeIntegralInRange<unsigned>(1, 4);
         opts.ring_entries = 32;
         opts.part1_max_payload = in.ConsumeIntegralInRange<std::uint64_t>(512, 65536);
-        opts.write_view_above = in.ConsumeBool() ? 0 : in.ConsumeIntegralInRange<std::size_t>(1, 16384);
+        opts.write_view_above =
+            in.ConsumeBool() ? 0 : in.ConsumeIntegralInRange<std::size_t>(1, 16384);
         opts.requeue_on_close = in.ConsumeBool();
         opts.io_flusher = false;     // a process-wide prctl
         opts.handle_signals = false; // the signal mask is process-wide too
