@@ -315,20 +315,24 @@ private:
         return static_cast<std::size_t>(&c - kernel_.chans.data());
     }
 
-    std::uint64_t next_seq() {
-        // Unique per target, as the ABI says; gaps and large values are fine.
+    // Unique per target, as the ABI says; gaps and large values are fine. Empty once the
+    // seqs ran out (they never wrap around to one already used).
+    std::optional<std::uint64_t> next_seq() {
+        std::uint64_t step = 1;
         switch (in_.ConsumeIntegralInRange<int>(0, 3)) {
         case 0:
-            seq_ += in_.ConsumeIntegralInRange<std::uint64_t>(2, 1000);
+            step = in_.ConsumeIntegralInRange<std::uint64_t>(2, 1000);
             break;
         case 1:
-            seq_ = std::max(seq_ + 1, in_.ConsumeIntegral<std::uint64_t>());
+            step = in_.ConsumeIntegral<std::uint64_t>();
             break;
         default:
-            seq_ += 1;
+            break;
         }
-        if (seq_ == 0)
-            seq_ = 1; // wrapped: keep unique by leaving 0 alone
+        if (seq_ == ~0ull)
+            return std::nullopt;
+        step = std::max<std::uint64_t>(1, std::min<std::uint64_t>(step, ~0ull - seq_));
+        seq_ += step;
         return seq_;
     }
 
@@ -374,7 +378,10 @@ private:
         if (payload_bytes > payload_cap || bytes_sent_ + payload_bytes > total_cap ||
             messages_ >= message_cap)
             return; // keeps each input cheap, and every send within the socket buffer
-        std::uint64_t seq = next_seq();
+        std::optional<std::uint64_t> next = next_seq();
+        if (!next)
+            return;
+        std::uint64_t seq = *next;
 
         std::vector<std::byte> msg(dmuser::header_size + payload_bytes);
         dmuser::request h{seq, type, flags, sector, len, {}};
