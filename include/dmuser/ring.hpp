@@ -8,12 +8,14 @@
 #include "dmuser/task.hpp"
 #include "dmuser/unique_fd.hpp"
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <coroutine>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <liburing.h>
 #include <mutex>
 #include <span>
@@ -51,6 +53,22 @@ inline void io_release() noexcept {}
 inline void io_acquire() noexcept {}
 #endif
 } // namespace detail
+
+namespace testing {
+// Fault injection for tests (tests/fuzz/fuzz_server.cpp): when set, every operation a
+// ring is about to hand to the kernel is shown to it first; a negative return completes
+// the operation with that -errno instead, as if the kernel had failed it, and 0 lets it
+// through. It is called on the ring's thread, so it must be thread-safe. Process-wide;
+// returns the previous one so a test can restore it. Unset, it costs one relaxed load
+// per submission.
+using fault_injector = int (*)(const io_uring_sqe& op) noexcept;
+namespace detail {
+inline std::atomic<fault_injector> injector{nullptr};
+} // namespace detail
+inline fault_injector set_fault_injector(fault_injector fn) noexcept {
+    return detail::injector.exchange(fn);
+}
+} // namespace testing
 
 // The outcome of one operation: res as io_uring reports it (bytes, or -errno).
 struct io_result {
@@ -396,6 +414,13 @@ public:
             make_ready(c);
             return;
         }
+        if (auto inject = testing::detail::injector.load(std::memory_order_relaxed))
+            if (int res = inject(prepared); res < 0) {
+                c.res = res;
+                c.cqe_flags = 0;
+                make_ready(c);
+                return;
+            }
         const std::uint64_t user_data = detail::user_data_of(c);
         io_uring_sqe* s = get_sqe();
         *s = prepared;
@@ -415,6 +440,17 @@ public:
             make_ready(second);
             return;
         }
+        // An injected failure of either fails the pair as the kernel would a failed first.
+        if (auto inject = testing::detail::injector.load(std::memory_order_relaxed))
+            for (const io_uring_sqe* prepared : {&first_prepared, &second_prepared})
+                if (int res = inject(*prepared); res < 0) {
+                    first.res = res;
+                    second.res = -ECANCELED;
+                    first.cqe_flags = second.cqe_flags = 0;
+                    make_ready(first);
+                    make_ready(second);
+                    return;
+                }
         // Both in one submission: a link cut by a flush between them would start the
         // second at once.
         while (io_uring_sq_space_left(&ring_) < 2) {

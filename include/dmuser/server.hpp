@@ -43,6 +43,7 @@
 #include <sys/signalfd.h>
 #include <sys/uio.h>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #ifndef PR_SET_IO_FLUSHER
@@ -148,8 +149,9 @@ private:
     };
     struct worker {
         ring* r = nullptr;
-        bool stopping = false;
-        unsigned live = 0; // slot loops still running
+        bool stopping = false;       // no new reads
+        bool reads_cancelled = false; // stop_worker has cancelled the waiting reads
+        unsigned live = 0;            // slot loops still running
         std::vector<channel*> channels;
         thread_stats stats;
     };
@@ -165,11 +167,13 @@ private:
                 w->r->post([this, wp] { stop_worker(*wp); });
             }
     }
-    // On the worker's thread: no new reads; cancel the ones waiting for a request.
+    // On the worker's thread: no new reads; cancel the ones waiting for a request. A read
+    // that met end of file or an error has already set `stopping`, so only the cancelling
+    // is done once: the worker's other reads would otherwise wait for ever.
     void stop_worker(worker& w) {
-        if (w.stopping)
-            return;
         w.stopping = true;
+        if (std::exchange(w.reads_cancelled, true))
+            return;
         for (channel* ch : w.channels)
             for (auto& s : ch->slots)
                 if (s->pending_read)

@@ -30,6 +30,9 @@ need_pkgs() {
 
 # Packages to build the C++ tree.
 BUILD_PKGS=(g++ meson ninja-build pkg-config liburing-dev libfmt-dev catch2 libzstd-dev liblz4-dev)
+# Packages for the SDK's libFuzzer targets (tests/fuzz/, scripts/dev/test-fuzz.sh): clang and
+# clang 14's libFuzzer runtime. Only build-fuzz/ uses them; the C++ tree builds with g++.
+FUZZ_PKGS=(clang libclang-rt-14-dev)
 # Packages to build the module and run it in a VM.
 VM_PKGS=(make gcc linux-headers-amd64 linux-image-amd64 qemu-system-x86 busybox-static
     fio dmsetup e2fsprogs kmod cpio)

@@ -1,10 +1,13 @@
 # ./dev soak [--quick | --cycles N] [--kernel NAME] [SCENARIO-GLOB]: the soak scenarios of
 # tests/soak/ (kill and restart, remove under load, suspend storms in one
 # boot; memory pressure in a 256 MiB guest), each bounded by its cycle count
-# and time limit. Their
+# and time limit; and on the host, sdk-fuzz-protocol and sdk-fuzz-server, the SDK's
+# libFuzzer targets for FUZZ_SOAK_SECONDS each (600; --quick: 60). Their
 # figures replace those scenarios' rows for this kernel in tests/soak/RESULTS.md. Ends with
 # "N passed, N failed" like ./dev test.
 source "$DEV_ROOT/scripts/dev/test-vm.sh"
+# shellcheck source=scripts/dev/test-fuzz.sh
+source "$DEV_ROOT/scripts/dev/test-fuzz.sh"
 
 SOAK_RESULTS=$DEV_ROOT/tests/soak/RESULTS.md
 
@@ -72,7 +75,7 @@ dev_soak() {
             --kernel) [ $# -ge 2 ] || die "--kernel wants stock, debug or rt"; VM_KERNEL=$2; shift ;;
             --kernel=*) VM_KERNEL=${1#*=} ;;
             -h | --help)
-                echo "usage: ./dev soak [--quick | --cycles N] [--kernel stock|debug|rt] [SCENARIO-GLOB]   (scenarios: kill-restart remove-under-load suspend-storm protocol-fuzz memory-pressure)"
+                echo "usage: ./dev soak [--quick | --cycles N] [--kernel stock|debug|rt] [SCENARIO-GLOB]   (scenarios: kill-restart remove-under-load suspend-storm protocol-fuzz memory-pressure sdk-fuzz-protocol sdk-fuzz-server)"
                 return 0
                 ;;
             -*) die "./dev soak: unknown option $1" ;;
@@ -81,14 +84,32 @@ dev_soak() {
         shift
     done
     [[ "$cycles" =~ ^[1-9][0-9]*$ ]] || die "--cycles wants a positive count, got '$cycles'"
+    local start=$SECONDS kernel file mem figures results vm_wanted=''
+    figures=$(mktemp) results=$(mktemp)
+    # The host's scenarios first: the SDK's fuzz targets, no VM.
+    local fuzz_seconds=${FUZZ_SOAK_SECONDS:-600}
+    [ "$cycles" = 10 ] && [ -z "${FUZZ_SOAK_SECONDS:-}" ] && fuzz_seconds=60
+    if fuzz_soak "$only" "$fuzz_seconds" "$figures" "$results"; then
+        soak_record "$figures" "$results" "host ($(fuzz_compiler))" "${fuzz_seconds} s"
+        : >"$figures"
+        : >"$results"
+    fi
+    for file in soak memory; do
+        soak_file_matches "$DEV_ROOT/tests/soak/$file.sh" "$only" && vm_wanted=1
+    done
+    if [ -z "$vm_wanted" ]; then
+        rm -f "$figures" "$results"
+        say "soak took $((SECONDS - start)) s; figures in tests/soak/RESULTS.md"
+        echo "$DEV_PASSED passed, $DEV_FAILED failed"
+        [ "$DEV_FAILED" -eq 0 ]
+        return
+    fi
     need_pkgs "${VM_PKGS[@]}" "${VM_GUEST_PKGS[@]}" python3
     meson_build build
     export VMT_SOAK_CYCLES=$cycles VMT_SOAK_ONLY=$only
     export VM_KERNEL=${VM_KERNEL:-stock}
-    local start=$SECONDS kernel file mem figures results
     vm_kernel
     kernel="$VM_KVER ($VM_KERNEL)"
-    figures=$(mktemp) results=$(mktemp)
     say "soak: $cycles cycles per scenario on $kernel (progress every tenth)"
     # Each file boots a guest of its own size: memory.sh wants a small one.
     for file in soak:2G memory:256M; do

@@ -5,7 +5,11 @@
 # process per case so a crash is pinned on its case, and reports each case by name; then
 # the unit tests once more under ThreadSanitizer (build-tsan/).
 # Then installs the SDK to a scratch prefix and builds a daemon out of tree with
-# `pkg-config dmuser`, as a user would.
+# `pkg-config dmuser`, as a user would. Last, the libFuzzer targets of tests/fuzz/ replay
+# their corpora and run briefly, seeded (scripts/dev/test-fuzz.sh).
+
+# shellcheck source=scripts/dev/test-fuzz.sh
+source "$DEV_ROOT/scripts/dev/test-fuzz.sh"
 
 # catch2_cases BINARY LABEL: one t_pass/t_fail per test case of BINARY.
 catch2_cases() {
@@ -157,4 +161,6 @@ host_tests() {
     say "unit tests under TSan (build-tsan/)"
     local -x TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
     catch2_cases "$DEV_ROOT/build-tsan/tests/unit/dmuser-unit-tests" "unit (tsan)"
+
+    fuzz_tests
 }

@@ -23,7 +23,7 @@ inline dmuser::server_options quiet(dmuser::server_options o) {
 template <typename Store>
 class running_server {
 public:
-    running_server(Store& store, dmuser::testing::fake_kernel& k, dmuser::server_options o = {})
+    running_server(Store& store, dmuser::channel_source& k, dmuser::server_options o = {})
         : srv(store, k, quiet(std::move(o))) {
         thread_ = std::thread([this] { rc_ = srv.run(); });
         auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);

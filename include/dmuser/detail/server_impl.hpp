@@ -286,7 +286,10 @@ task<bool> server<S>::read_whole(worker& w, channel& ch, slot& s, request& req) 
     std::size_t expect = header_size + (req.carries_payload() ? req.len : 0);
     if (req.carries_payload() && req.len > max_payload_)
         s.bad = "length over the maximum payload";
-    else if (n < expect && split_writes_ && req.type == DM_USER_REQ_MAP_WRITE)
+    else if (n < expect && split_writes_ && req.type == DM_USER_REQ_MAP_WRITE &&
+             n == header_size + read_size_)
+        // The module splits a message only when it fills the read's buffer; a shorter
+        // one is malformed, and waiting for its "rest" would wait for ever.
         co_return co_await read_rest(w, ch, s, req, n);
     else if (n < expect)
         s.bad = "message shorter than its header says";
