@@ -39,6 +39,10 @@ public:
     virtual std::error_code set_channel_flags(int channel_fd, std::uint64_t flags) = 0;
     // For messages: "/dev/dm-user/NAME".
     virtual std::string describe() const = 0;
+    // For testing::fake_kernel: an error the next response write on this channel fails
+    // with instead of reaching it (the module's EBUSY), or none. A real module needs no
+    // such hook: its writes fail on their own.
+    virtual std::error_code refuse_response(int /*channel_fd*/) { return {}; }
 };
 
 class device_channels final : public channel_source {

@@ -33,6 +33,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <signal.h>
@@ -69,6 +70,9 @@ struct server_options {
     bool lock_memory = false;     // mlockall(MCL_CURRENT | MCL_FUTURE)
     bool handle_signals = true;   // SIGINT / SIGTERM stop the server
     std::chrono::milliseconds stats_interval{0}; // log stats this often; 0 = never
+    // Starts each server thread past the first (which is run()'s own); empty: std::thread.
+    // For pinning or naming threads, and for tests that make a start fail.
+    std::function<std::thread(std::function<void()>)> start_thread{};
 };
 
 namespace detail {
@@ -189,7 +193,7 @@ private:
     task<void> print_stats(worker& w);
     bool check_read_result(worker& w, io_result got);
     void ensure_capacity(slot& s, std::size_t bytes);
-    void reject(worker& w, std::string_view why, const request* req);
+    void reject(worker& w, std::string_view why, const request* req, std::size_t message_bytes = 0);
 
     S& store_;
     channel_source& source_;

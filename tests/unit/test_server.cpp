@@ -1,9 +1,11 @@
 // The server against the fake kernel: both module behaviours, concurrency, shutdown,
 // malformed input, stats.
+#include "alloc_counter.hpp"
 #include "server_fixture.hpp"
 
 #include <dmuser/dispatch.hpp>
 #include <future>
+#include <signal.h>
 
 using dmuser::testing::fake_kernel;
 using dmuser::testing::fake_options;
@@ -464,4 +466,124 @@ TEST_CASE("server, Part 1: write_view_above = 0 means no WRITE lands in the stor
     CHECK(store.landed_writes == 0);
     CHECK(store.copied_writes == 1);
     CHECK(s.stop() == 0);
+}
+
+TEST_CASE("server: a response the module refuses with EBUSY is retried, not dropped") {
+    for (bool p2 : {true, false}) {
+        INFO("part2 " << p2);
+        fake_options o;
+        o.part2 = p2;
+        o.refuse_responses = 3;
+        fake_kernel k(o);
+        mem_store store(k.options().device_bytes);
+        // No requeue: a request the daemon drops is lost when its channel closes, not
+        // handed to a channel that answers it.
+        running_server s(store, k, {.requeue_on_close = false});
+        auto data = pattern(4096, 90);
+        auto answer = k.submit(fake_request{DM_USER_REQ_MAP_WRITE, 0, 16, 4096, data});
+        while (k.refused() < 3 && s.srv.stats().total_errors() == 0)
+            std::this_thread::sleep_for(1ms);
+        CHECK(s.stop() == 0);
+        CHECK(answer.get().result == DM_USER_RESP_SUCCESS);
+        CHECK(k.refused() == 3);
+        CHECK(s.srv.stats().total_errors() == 0);
+        CHECK(k.violations().empty());
+    }
+}
+
+namespace {
+// Notes the size of the completion queue of the ring that serves it.
+struct cq_probe_store : mem_store {
+    using mem_store::mem_store;
+    std::atomic<unsigned> cq_entries{0};
+    void read(std::uint64_t off, std::span<std::byte> out) {
+        cq_entries = dmuser::this_ring().native()->cq.ring_entries;
+        mem_store::read(off, out);
+    }
+};
+} // namespace
+
+TEST_CASE("server: each ring's completion queue holds every request its thread can have in "
+          "flight") {
+    fake_options o;
+    o.max_payload = 4096; // 4,096 slots of one page each
+    fake_kernel k(o);
+    cq_probe_store store(k.options().device_bytes);
+    running_server s(store, k, {.threads = 1, .channels = 64, .depth = 64});
+    REQUIRE(k.read(0, 4096).result == DM_USER_RESP_SUCCESS);
+    CHECK(store.cq_entries >= 64u * 64u);
+    CHECK(s.stop() == 0);
+}
+
+namespace {
+// Notes how many allocations the serving thread had made when each READ came.
+struct alloc_probe_store : mem_store {
+    using mem_store::mem_store;
+    std::atomic<std::size_t> allocations{0};
+    void read(std::uint64_t off, std::span<std::byte> out) {
+        allocations = test::allocations_on_this_thread();
+        mem_store::read(off, out);
+    }
+};
+struct log_level_guard {
+    dmuser::log::level old = dmuser::log::get_level();
+    ~log_level_guard() { dmuser::log::set_level(old); }
+};
+} // namespace
+
+TEST_CASE("server: with logging off, a rejected request allocates nothing") {
+    fake_kernel k;
+    alloc_probe_store store(k.options().device_bytes);
+    log_level_guard level;
+    dmuser::log::set_level(dmuser::log::level::off);
+    running_server s(store, k, {.depth = 1}); // one slot: requests are served in order
+    REQUIRE(k.read(0, 4096).result == DM_USER_RESP_SUCCESS); // warms the frame caches
+    REQUIRE(k.read(0, 4096).result == DM_USER_RESP_SUCCESS);
+    const std::size_t warm = store.allocations;
+    REQUIRE(k.read(0, 4096).result == DM_USER_RESP_SUCCESS);
+    REQUIRE(store.allocations == warm); // a request served allocates nothing
+    dmuser::request h;
+    h.type = 99; // unknown
+    CHECK(k.inject_request(0, h, {}).get().result == DM_USER_RESP_ERROR);
+    std::vector<std::byte> junk(10, std::byte{0x5a}); // shorter than a header
+    k.inject(0, junk);
+    REQUIRE(k.read(0, 4096).result == DM_USER_RESP_SUCCESS); // comes after the junk
+    CHECK(store.allocations - warm == 0);
+    CHECK(s.stop() == 0);
+    CHECK(s.srv.stats().malformed == 2);
+}
+
+TEST_CASE("server: a thread that cannot start is a system_error; the others stop and are "
+          "joined, and the signal mask is restored") {
+    fake_kernel k;
+    mem_store store(k.options().device_bytes);
+    sigset_t before;
+    REQUIRE(pthread_sigmask(SIG_SETMASK, nullptr, &before) == 0);
+    std::atomic<int> started{0};
+    std::atomic<int> ended{0};
+    dmuser::server_options o{.threads = 3, .io_flusher = false, .handle_signals = true};
+    // The second thread fails as pthread_create does under a pids cgroup's limit.
+    o.start_thread = [&](std::function<void()> body) {
+        if (started == 1)
+            throw std::system_error(EAGAIN, std::generic_category(), "pthread_create");
+        ++started;
+        return std::thread([&ended, body = std::move(body)] {
+            body();
+            ++ended;
+        });
+    };
+    dmuser::server srv(store, k, o);
+    try {
+        srv.run();
+        FAIL("run() returned");
+    } catch (const std::system_error& e) {
+        CHECK(e.code() == std::errc::resource_unavailable_try_again);
+    }
+    CHECK(started == 1);
+    CHECK(ended == 1);
+    CHECK_FALSE(srv.ready());
+    sigset_t after;
+    REQUIRE(pthread_sigmask(SIG_SETMASK, nullptr, &after) == 0);
+    CHECK(sigismember(&after, SIGTERM) == sigismember(&before, SIGTERM));
+    CHECK(sigismember(&after, SIGINT) == sigismember(&before, SIGINT));
 }

@@ -100,23 +100,39 @@ int server<S>::run() {
                       std::strerror(errno));
     }
 
+    auto wind_down = [&] {
+        if (opts_.handle_signals) {
+            // A signal that came while we drained is consumed here rather than killing the
+            // process once unblocked.
+            timespec zero{};
+            while (sigtimedwait(&stop_signals, nullptr, &zero) > 0) {
+            }
+            pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+        }
+        finished_ = true;
+        channels_open_ = 0;
+    };
     std::vector<std::thread> threads;
-    for (unsigned t = 1; t < opts_.threads; ++t)
-        threads.emplace_back([this, t] { thread_main(t, -1); });
+    try {
+        for (unsigned t = 1; t < opts_.threads; ++t) {
+            std::function<void()> body = [this, t] { thread_main(t, -1); };
+            threads.push_back(opts_.start_thread ? opts_.start_thread(std::move(body))
+                                                 : std::thread(std::move(body)));
+        }
+    } catch (...) {
+        // E.g. EAGAIN under a pids cgroup's limit: the threads already started stop (they
+        // answer what they read) and are joined, and the caller gets the error.
+        request_stop(false);
+        for (auto& th : threads)
+            th.join();
+        wind_down();
+        channels_.clear();
+        throw;
+    }
     thread_main(0, signal_fd.get());
     for (auto& th : threads)
         th.join();
-
-    if (opts_.handle_signals) {
-        // A signal that came while we drained is consumed here rather than killing the
-        // process once unblocked.
-        timespec zero{};
-        while (sigtimedwait(&stop_signals, nullptr, &zero) > 0) {
-        }
-        pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-    }
-    finished_ = true;
-    channels_open_ = 0;
+    wind_down();
     log::info("{}: stopped; {}", source_.describe(), stats().to_string());
     channels_.clear();
     return failed_ ? 1 : 0;
@@ -131,7 +147,15 @@ void server<S>::thread_main(unsigned index, int signal_fd) {
                   "through this device under memory pressure can deadlock",
                   std::strerror(errno));
     try {
-        ring r(opts_.ring_entries);
+        // Every read this thread keeps outstanding, each with a cancellation and then a
+        // response, may complete at once: the CQ holds them all (the kernel's maximum is
+        // 65536), and never less than twice the SQ.
+        std::size_t slots = 0;
+        for (channel* ch : w.channels)
+            slots += ch->slots.size();
+        const auto cq_entries = static_cast<unsigned>(std::min<std::size_t>(
+            65536, std::max<std::size_t>(2 * std::size_t(opts_.ring_entries), 2 * slots + 16)));
+        ring r(opts_.ring_entries, cq_entries);
         r.set_busy_poll(opts_.busy_poll);
         struct unregister {
             server* self;
@@ -197,13 +221,19 @@ bool server<S>::check_read_result(worker& w, io_result got) {
 }
 
 template <BlockStore S>
-void server<S>::reject(worker& w, std::string_view why, const request* req) {
+void server<S>::reject(worker& w, std::string_view why, const request* req,
+                       std::size_t message_bytes) {
     w.stats.malformed();
+    // The arguments are formatted before log::error looks at the level: a daemon with
+    // logging off must not allocate for each bad request.
+    if (!log::enabled(log::level::error))
+        return;
     if (req)
         log::error("{}: malformed request rejected ({}): {}", source_.describe(), why,
                    describe(*req));
     else
-        log::error("{}: malformed message rejected: {}", source_.describe(), why);
+        log::error("{}: malformed message rejected: {} of {} bytes", source_.describe(), why,
+                   message_bytes);
 }
 
 template <BlockStore S>
@@ -218,7 +248,7 @@ task<bool> server<S>::read_whole(worker& w, channel& ch, slot& s, request& req) 
         co_return false;
     std::size_t n = got.bytes();
     if (n < header_size) {
-        reject(w, fmt::format("short message of {} bytes", n), nullptr);
+        reject(w, "short message", nullptr, n);
         co_return false;
     }
     req = decode_header(std::span<const std::byte, header_size>(s.header, header_size));
@@ -366,15 +396,30 @@ task<bool> server<S>::send(worker& w, channel& ch, slot& s, const request& req, 
         count = 2;
     }
     iovec* iov = s.iov;
+    constexpr std::chrono::nanoseconds max_busy_backoff = std::chrono::milliseconds(1);
+    std::chrono::nanoseconds busy_backoff = std::chrono::microseconds(1);
     for (;;) {
-        io_result got =
-            count == 1
-                ? co_await w.r->write(
-                      ch.fd.get(),
-                      std::span(static_cast<const std::byte*>(iov[0].iov_base), iov[0].iov_len), 0)
-                : co_await w.r->writev(ch.fd.get(), std::span(iov, count), 0);
+        // (Not one conditional expression with two co_awaits: GCC 12 assigned from it
+        // runs both writes.)
+        io_result got;
+        if (std::error_code refused = source_.refuse_response(ch.fd.get()))
+            got.res = -refused.value();
+        else if (count == 1)
+            got = co_await w.r->write(
+                ch.fd.get(),
+                std::span(static_cast<const std::byte*>(iov[0].iov_base), iov[0].iov_len), 0);
+        else
+            got = co_await w.r->writev(ch.fd.get(), std::span(iov, count), 0);
         if (got.res == -EINTR || got.res == -EAGAIN)
             continue;
+        if (got.res == -EBUSY) {
+            // The module cannot take the response yet, and the request (its BIO) stays
+            // held until it does: wait on the ring, not by sleeping its thread, and retry
+            // until it is taken or the channel closes (the write then fails otherwise).
+            co_await w.r->timeout(busy_backoff);
+            busy_backoff = std::min<std::chrono::nanoseconds>(busy_backoff * 2, max_busy_backoff);
+            continue;
+        }
         if (got.res == -ENOTBLK) {
             w.stopping = true;
             target_gone("target removed (ENOTBLK)");
