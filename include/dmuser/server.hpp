@@ -9,8 +9,8 @@
 // read is a readv into {the 40-byte header, a page-aligned payload}, and every response
 // a writev of {header, data}, so what a store sees is page-aligned. On
 // Android's module (ENOTTY) each channel serves one request at a time, header then
-// payload. run() returns after SIGINT/SIGTERM, stop(), or the target's removal
-// (ENOTBLK), having answered every request it read.
+// payload, so there are channels x depth channels. run() returns after SIGINT/SIGTERM,
+// stop(), or the target's removal (ENOTBLK), having answered every request it read.
 //
 // A store with write_view() gets large WRITEs with one copy instead of two: a read stops
 // after `write_view_above` bytes of payload, and the rest is read straight into the

@@ -4,6 +4,7 @@
 #include "server_fixture.hpp"
 
 #include <dmuser/dispatch.hpp>
+#include <fcntl.h>
 #include <future>
 #include <signal.h>
 
@@ -586,4 +587,25 @@ TEST_CASE("server: a thread that cannot start is a system_error; the others stop
     REQUIRE(pthread_sigmask(SIG_SETMASK, nullptr, &after) == 0);
     CHECK(sigismember(&after, SIGTERM) == sigismember(&before, SIGTERM));
     CHECK(sigismember(&after, SIGINT) == sigismember(&before, SIGINT));
+}
+
+TEST_CASE("server, Part 1: channels x depth channels by default, one request in flight each") {
+    fake_kernel k(part1());
+    mem_store store(k.options().device_bytes);
+    running_server s(store, k, {.channels = 2, .depth = 4});
+    CHECK(k.channels_opened() == 8);
+    CHECK(s.srv.channels_open() == 8);
+    check_round_trip(k, 0, 4096, 91);
+    CHECK(s.stop() == 0);
+    CHECK(k.violations().empty());
+}
+
+TEST_CASE("GET_INFO failing with ENOTTY or EOPNOTSUPP means Android's module (Part 1)") {
+    CHECK(dmuser::get_info_means_part1(ENOTTY));
+    CHECK(dmuser::get_info_means_part1(EOPNOTSUPP)); // the 2020 RFC's variant
+    CHECK_FALSE(dmuser::get_info_means_part1(EBADF));
+    // /dev/null has no such ioctl (ENOTTY): query() falls back rather than throwing.
+    dmuser::device_channels null_device("/dev/null");
+    dmuser::unique_fd fd = null_device.open_channel();
+    CHECK_FALSE(null_device.query(fd.get()).extensions);
 }

@@ -47,6 +47,12 @@ int server<S>::run() {
                   source_.describe());
 
     unsigned depth = whole_messages_ ? opts_.depth : 1;
+    if (!whole_messages_) {
+        // One request in flight per channel: depth comes from more channels, or QD32
+        // runs as QD1. Bounded, as each is a file descriptor.
+        open_channels(std::min<std::size_t>(std::size_t(opts_.channels) * opts_.depth,
+                                            std::max<std::size_t>(opts_.channels, 1024)));
+    }
     const std::size_t first_capacity =
         whole_messages_ ? max_payload_ : std::min<std::uint64_t>(max_payload_, 128u << 10);
     read_size_ = first_capacity;
