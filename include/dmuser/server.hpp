@@ -24,6 +24,7 @@
 #include "dmuser/log.hpp"
 #include "dmuser/protocol.hpp"
 #include "dmuser/ring.hpp"
+#include "dmuser/signal_relay.hpp"
 #include "dmuser/spawn.hpp"
 #include "dmuser/stats.hpp"
 #include "dmuser/task.hpp"
@@ -36,12 +37,11 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <signal.h>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/signalfd.h>
 #include <sys/uio.h>
 #include <thread>
 #include <vector>
@@ -68,7 +68,13 @@ struct server_options {
     bool requeue_on_close = true; // Part 2: a restarted daemon takes over unanswered requests
     bool io_flusher = true;       // PR_SET_IO_FLUSHER on every server thread
     bool lock_memory = false;     // mlockall(MCL_CURRENT | MCL_FUTURE)
-    bool handle_signals = true;   // SIGINT / SIGTERM stop the server
+    // SIGINT / SIGTERM stop the server, from whichever thread takes them (signal_relay.hpp);
+    // a second one closes the channels, so the module hands what they hold to the next
+    // daemon (with requeue_on_close). The previous handlers are back when run() returns.
+    bool handle_signals = true;
+    // After a stop, how long run() waits for the store to answer what it holds; then it
+    // gives up on those requests (they are cancelled on the ring) and returns 1.
+    std::chrono::milliseconds stop_deadline = std::chrono::seconds(30);
     std::chrono::milliseconds stats_interval{0}; // log stats this often; 0 = never
     // Starts each server thread past the first (which is run()'s own); empty: std::thread.
     // For pinning or naming threads, and for tests that make a start fail.
@@ -108,8 +114,8 @@ public:
     // a second call throws std::logic_error (its threads and channels are gone).
     int run();
 
-    // Stop reading, answer what was read, return from run(). Thread-safe; not
-    // async-signal-safe (run() handles the signals itself).
+    // Stop reading, answer what was read (for up to stop_deadline), return from run().
+    // Thread-safe; not async-signal-safe (run() handles the signals itself).
     void stop() { request_stop(false); }
 
     server_stats stats() const {
@@ -143,9 +149,12 @@ private:
         std::vector<std::unique_ptr<slot>> slots;
     };
     struct worker {
-        ring* r = nullptr;
+        ring* r = nullptr;       // this thread's ring, for its coroutines
+        ring* mailbox = nullptr; // the same while other threads may post to it (mutex_)
         bool stopping = false;
-        unsigned live = 0; // slot loops still running
+        bool deadline_armed = false;
+        bool gave_up = false; // the stop deadline passed with requests unanswered
+        unsigned live = 0;    // slot loops still running
         std::vector<channel*> channels;
         thread_stats stats;
     };
@@ -156,13 +165,14 @@ private:
             failed_ = true;
         stop_requested_ = true;
         for (auto& w : workers_)
-            if (w->r) {
+            if (w->mailbox) {
                 worker* wp = w.get();
-                w->r->post([this, wp] { stop_worker(*wp); });
+                w->mailbox->post([this, wp] { stop_worker(*wp); });
             }
     }
     // On the worker's thread: no new reads; cancel the ones waiting for a request.
     void stop_worker(worker& w) {
+        arm_stop_deadline(w);
         if (w.stopping)
             return;
         w.stopping = true;
@@ -181,7 +191,15 @@ private:
         request_stop(true);
     }
 
-    void thread_main(unsigned index, int signal_fd);
+    void arm_stop_deadline(worker& w) {
+        if (w.deadline_armed || opts_.stop_deadline.count() <= 0)
+            return;
+        w.deadline_armed = true;
+        spawn(give_up_after_deadline(w), "stop deadline");
+    }
+    void close_channels();
+
+    void thread_main(unsigned index, signal_relay* signals);
     task<void> slot_loop(worker& w, channel& ch, slot& s);
     task<bool> read_whole(worker& w, channel& ch, slot& s, request& req);
     task<bool> read_stream(worker& w, channel& ch, slot& s, request& req);
@@ -189,7 +207,8 @@ private:
     task<bool> read_rest(worker& w, channel& ch, slot& s, request& req, std::size_t have);
     std::byte* landing_zone(slot& s, const request& req);
     task<bool> send(worker& w, channel& ch, slot& s, const request& req, const reply& rep);
-    task<void> watch_signals(worker& w, int signal_fd);
+    task<void> watch_signals(worker& w, signal_relay& signals);
+    task<void> give_up_after_deadline(worker& w);
     task<void> print_stats(worker& w);
     bool check_read_result(worker& w, io_result got);
     void ensure_capacity(slot& s, std::size_t bytes);

@@ -6,7 +6,9 @@
 #include <dmuser/dispatch.hpp>
 #include <fcntl.h>
 #include <future>
+#include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 
 using dmuser::testing::fake_kernel;
 using dmuser::testing::fake_options;
@@ -399,8 +401,7 @@ TEST_CASE("server: SIGTERM answers the requests in flight, then stops") {
     std::memset(store.mem.data(), 20, store.mem.size());
     dmuser::server srv(store, k, {.depth = 8, .io_flusher = false, .handle_signals = true});
     std::atomic<int> rc{-1};
-    // run() blocks SIGINT/SIGTERM in its own thread and reads them from a signalfd there;
-    // the signal is sent to that thread only, so the test process itself is never hit.
+    // Sent to run()'s thread: its handler relays it to the server's loop.
     std::thread t([&] { rc = srv.run(); });
     while (!srv.ready())
         std::this_thread::sleep_for(1ms);
@@ -608,4 +609,104 @@ TEST_CASE("GET_INFO failing with ENOTTY or EOPNOTSUPP means Android's module (Pa
     dmuser::device_channels null_device("/dev/null");
     dmuser::unique_fd fd = null_device.open_channel();
     CHECK_FALSE(null_device.query(fd.get()).extensions);
+}
+
+namespace {
+// Holds every READ until `release` is written (never, if nobody does): a store that does
+// not answer. Its wait is an operation on the ring, so a ring that shuts down cancels it.
+struct stuck_store {
+    std::vector<std::byte> mem = std::vector<std::byte>(1 << 20);
+    dmuser::unique_fd release{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
+    std::atomic<int> started{0};
+    std::uint64_t size() const { return mem.size(); }
+    dmuser::task<std::error_code> read(std::uint64_t off, std::span<std::byte> out) {
+        ++started;
+        dmuser::io_result r = co_await dmuser::this_ring().poll(release.get(), POLLIN);
+        if (r.res < 0)
+            co_return std::error_code(-r.res, std::system_category());
+        std::memcpy(out.data(), mem.data() + off, out.size());
+        co_return std::error_code{};
+    }
+    void write(std::uint64_t off, std::span<const std::byte> in) {
+        std::memcpy(mem.data() + off, in.data(), in.size());
+    }
+    void let_go() {
+        std::uint64_t one = 1;
+        REQUIRE(::write(release.get(), &one, sizeof one) == sizeof one);
+    }
+};
+
+// What SIGTERM does when no server handles it (Catch2's handler, or the default), to check
+// that run() put it back.
+void (*sigterm_handler())(int) {
+    struct sigaction now {};
+    ::sigaction(SIGTERM, nullptr, &now);
+    return now.sa_handler;
+}
+} // namespace
+
+TEST_CASE("server: a process-directed SIGTERM stops it although other threads do not block it") {
+    // Neither this thread nor the fake kernel's blocks SIGTERM: the kernel may hand the
+    // signal to any of them.
+    fake_kernel k;
+    mem_store store(k.options().device_bytes);
+    const auto before = sigterm_handler();
+    dmuser::server srv(store, k, {.io_flusher = false, .handle_signals = true});
+    std::atomic<int> rc{-1};
+    std::thread t([&] { rc = srv.run(); });
+    while (!srv.ready())
+        std::this_thread::sleep_for(1ms);
+    check_round_trip(k, 0, 4096, 92);
+    REQUIRE(::kill(::getpid(), SIGTERM) == 0);
+    t.join();
+    CHECK(rc == 0);
+    CHECK(sigterm_handler() == before);
+}
+
+TEST_CASE("server: a second SIGTERM closes the channels; the next daemon gets their requests") {
+    fake_kernel k;
+    stuck_store store;
+    log_capture logs;
+    const auto before = sigterm_handler();
+    dmuser::server srv(store, k,
+                       {.depth = 1,
+                        .io_flusher = false,
+                        .handle_signals = true,
+                        .stop_deadline = std::chrono::hours(1)});
+    std::atomic<int> rc{-1};
+    std::thread t([&] { rc = srv.run(); });
+    while (!srv.ready())
+        std::this_thread::sleep_for(1ms);
+    auto answer = k.submit(fake_request{DM_USER_REQ_MAP_READ, 0, 0, 512, {}});
+    while (store.started < 1)
+        std::this_thread::sleep_for(1ms);
+    REQUIRE(::kill(::getpid(), SIGTERM) == 0);
+    while (!logged_has("then stopping")) // the first was taken, so the next is a new one
+        std::this_thread::sleep_for(1ms);
+    REQUIRE(::kill(::getpid(), SIGTERM) == 0);
+    while (k.requeued() < 1) // its channel closed with REQUEUE_ON_CLOSE
+        std::this_thread::sleep_for(1ms);
+    {
+        mem_store next_store(store.size());
+        running_server next(next_store, k);
+        CHECK(answer.get().result == DM_USER_RESP_SUCCESS);
+        CHECK(next.stop() == 0);
+    }
+    store.let_go(); // the first daemon's store answers at last, into the closed channel
+    t.join();
+    CHECK(rc == 0);
+    CHECK(logged_has("closing the channels"));
+    CHECK(sigterm_handler() == before);
+}
+
+TEST_CASE("server: the stop deadline gives up on a store that never answers") {
+    fake_kernel k;
+    stuck_store store; // never let go
+    running_server s(store, k, {.requeue_on_close = false, .stop_deadline = 1ms});
+    auto answer = k.submit(fake_request{DM_USER_REQ_MAP_READ, 0, 0, 512, {}});
+    while (store.started < 1)
+        std::this_thread::sleep_for(1ms);
+    CHECK(s.stop() == 1); // not a clean stop
+    CHECK(answer.get().result == fake_response::lost);
+    CHECK(k.violations().empty());
 }
