@@ -1,5 +1,6 @@
 // The replaceable global operator new/delete, counting per thread (see alloc_counter.hpp).
-// Only the plain forms: the nothrow forms call these, the aligned ones are left alone.
+// The plain and nothrow forms, all on malloc/free (the sanitizers' own nothrow new would
+// not match this delete); the aligned ones are left alone.
 #include "alloc_counter.hpp"
 
 #include <cstdlib>
@@ -25,6 +26,20 @@ void* operator new(std::size_t size) {
 }
 void* operator new[](std::size_t size) {
     return counted_allocation(size);
+}
+void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
+    ++allocations;
+    return std::malloc(size ? size : 1);
+}
+void* operator new[](std::size_t size, const std::nothrow_t&) noexcept {
+    ++allocations;
+    return std::malloc(size ? size : 1);
+}
+void operator delete(void* p, const std::nothrow_t&) noexcept {
+    std::free(p);
+}
+void operator delete[](void* p, const std::nothrow_t&) noexcept {
+    std::free(p);
 }
 void operator delete(void* p) noexcept {
     std::free(p);
