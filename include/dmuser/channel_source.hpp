@@ -33,13 +33,25 @@ public:
     // One more channel (an open of the control device). Throws std::system_error.
     virtual unique_fd open_channel() = 0;
     // DM_USER_IOC_GET_INFO on a channel: Part 2 info, or extensions=false when the module
-    // answers ENOTTY (Android's). Any other failure throws std::system_error.
+    // answers ENOTTY or EOPNOTSUPP (Android's, the RFC's). Any other failure throws
+    // std::system_error.
     virtual module_info query(int channel_fd) = 0;
     // DM_USER_IOC_SET_CHANNEL_FLAGS.
     virtual std::error_code set_channel_flags(int channel_fd, std::uint64_t flags) = 0;
     // For messages: "/dev/dm-user/NAME".
     virtual std::string describe() const = 0;
+    // For testing::fake_kernel: an error the next response write on this channel fails
+    // with instead of reaching it (the module's EBUSY), or none. A real module needs no
+    // such hook: its writes fail on their own.
+    virtual std::error_code refuse_response(int /*channel_fd*/) { return {}; }
 };
+
+// Whether DM_USER_IOC_GET_INFO failing with `err` means a module without the ioctl
+// (Part 1) rather than a failure.
+inline bool get_info_means_part1(int err) noexcept {
+    // Android's module has no ioctls (ENOTTY); the 2020 RFC's variant answers EOPNOTSUPP.
+    return err == ENOTTY || err == EOPNOTSUPP;
+}
 
 class device_channels final : public channel_source {
 public:
@@ -59,7 +71,7 @@ public:
             m.extensions = true;
             return m;
         }
-        if (errno == ENOTTY) {
+        if (get_info_means_part1(errno)) {
             m.info = {};
             return m;
         }

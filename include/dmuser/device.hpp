@@ -123,11 +123,12 @@ public:
         buf.reset(dm::IoctlBuffer::default_data_size);
         if (table.read_only)
             buf.header().flags |= DM_READONLY_FLAG;
-        buf.add_target(0, table.sectors, user_target_type, table.params());
+        buf.add_target(0, table.sectors, user_target_type, table.params(version->major));
         if (int err = dev.ctl_->run(DM_TABLE_LOAD, buf))
-            dm::fail(err, fmt::format("the module refused the table '{}' for '{}' (the kernel "
-                                      "log says why; is /dev/dm-user/{} taken?)",
-                                      table.line(), table.name, table.control_name()));
+            dm::fail(err,
+                     fmt::format("the module refused the table '{}' for '{}' (the kernel "
+                                 "log says why; is /dev/dm-user/{} taken?)",
+                                 table.line(version->major), table.name, table.control_name()));
 
         buf.reset(dm::IoctlBuffer::default_data_size);
         if (int err = dev.ctl_->run(DM_DEV_SUSPEND, buf)) // no DM_SUSPEND_FLAG: resume
@@ -162,11 +163,8 @@ public:
             (*targets)[0].length != table.sectors)
             dm::fail(EINVAL, fmt::format("device '{}' is not a dm-user device of {} sectors",
                                          table.name, table.sectors));
-        const auto words = split_words((*targets)[0].params);
-        if (words.size() < 3 || words[2] != table.control_name())
-            dm::fail(EINVAL, fmt::format("device '{}' is served through another control "
-                                         "device than /dev/dm-user/{} (table: '{}')",
-                                         table.name, table.control_name(), (*targets)[0].params));
+        if (auto why = user_adoption_problem(table, (*targets)[0].params))
+            dm::fail(EINVAL, *why);
         dev.devno_ = static_cast<dev_t>(buf.header().dev);
         dev.owned_ = true;
         dev.make_node();
@@ -241,18 +239,6 @@ public:
 
 private:
     Device() : ctl_(std::make_unique<dm::Control>()) {}
-
-    static std::vector<std::string> split_words(std::string_view s) {
-        std::vector<std::string> out;
-        std::size_t i = 0;
-        while (i < s.size()) {
-            const auto j = std::min(s.find(' ', i), s.size());
-            if (j > i)
-                out.emplace_back(s.substr(i, j - i));
-            i = j + 1;
-        }
-        return out;
-    }
 
     // /dev/mapper/NAME: what udev would make. A stale node of that name is replaced.
     void make_node() {

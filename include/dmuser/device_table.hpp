@@ -54,6 +54,18 @@ struct UserTable {
         return opts;
     }
 
+    // The target's arguments: what follows "user" in the table line, for the `user` target
+    // of version `target_major`. Android's (1.x) constructor takes exactly the three
+    // arguments, so the options (what it cannot turn off anyway) are left out.
+    std::string params(std::uint32_t target_major) const {
+        if (target_major == 1)
+            return fmt::format("0 {} {}", sectors, control_name());
+        return params();
+    }
+    std::string line(std::uint32_t target_major) const {
+        return fmt::format("0 {} user {}", sectors, params(target_major));
+    }
+
     // The target's arguments: what follows "user" in the table line.
     std::string params() const {
         std::string out = fmt::format("0 {} {}", sectors, control_name());
@@ -91,6 +103,28 @@ inline std::optional<std::string> user_table_problem(const UserTable& t) {
         return "device size must be at least one 512-byte sector";
     if (t.max_payload != 0 && (t.max_payload % 4096 != 0 || t.max_payload > (64u << 20)))
         return fmt::format("max payload {} must be a multiple of 4096 up to 64 MiB", t.max_payload);
+    return std::nullopt;
+}
+
+// Why a device whose one `user` target has the table line `params` (what the target reports:
+// "<start> <length> <control> ...") cannot be adopted as `t`, or nullopt when it can.
+inline std::optional<std::string> user_adoption_problem(const UserTable& t,
+                                                        std::string_view params) {
+    // Android's target has no .status, so its table line is empty: nothing to check, and
+    // the name is taken on trust (a wrong one fails when the daemon opens the control).
+    if (params.empty())
+        return std::nullopt;
+    std::vector<std::string_view> words;
+    for (std::size_t i = 0; i < params.size();) {
+        const auto j = std::min(params.find(' ', i), params.size());
+        if (j > i)
+            words.push_back(params.substr(i, j - i));
+        i = j + 1;
+    }
+    if (words.size() < 3 || words[2] != t.control_name())
+        return fmt::format("device '{}' is served through another control device than "
+                           "/dev/dm-user/{} (table: '{}')",
+                           t.name, t.control_name(), params);
     return std::nullopt;
 }
 

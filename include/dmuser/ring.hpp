@@ -202,8 +202,9 @@ private:
 
 class ring {
 public:
-    // entries: SQ size; the CQ is sized larger so bursts of completions never overflow.
-    explicit ring(unsigned entries = 256) {
+    // entries: SQ size; cq_entries: CQ size, enough for every operation that may be in
+    // flight at once (0: 4 x entries), so bursts of completions never overflow.
+    explicit ring(unsigned entries = 256, unsigned cq_entries = 0) {
         io_uring_params p{};
         // Newest flags first; older kernels (5.x) reject them and get the next set.
         const unsigned flag_sets[] = {
@@ -216,7 +217,7 @@ public:
         for (unsigned flags : flag_sets) {
             p = {};
             p.flags = flags | IORING_SETUP_CQSIZE;
-            p.cq_entries = entries * 4;
+            p.cq_entries = cq_entries ? cq_entries : entries * 4;
             r = io_uring_queue_init_params(entries, &ring_, &p);
             if (r != -EINVAL)
                 break;

@@ -9,8 +9,8 @@
 // read is a readv into {the 40-byte header, a page-aligned payload}, and every response
 // a writev of {header, data}, so what a store sees is page-aligned. On
 // Android's module (ENOTTY) each channel serves one request at a time, header then
-// payload. run() returns after SIGINT/SIGTERM, stop(), or the target's removal
-// (ENOTBLK), having answered every request it read.
+// payload, so there are channels x depth channels. run() returns after SIGINT/SIGTERM,
+// stop(), or the target's removal (ENOTBLK), having answered every request it read.
 //
 // A store with write_view() gets large WRITEs with one copy instead of two: a read stops
 // after `write_view_above` bytes of payload, and the rest is read straight into the
@@ -24,6 +24,7 @@
 #include "dmuser/log.hpp"
 #include "dmuser/protocol.hpp"
 #include "dmuser/ring.hpp"
+#include "dmuser/signal_relay.hpp"
 #include "dmuser/spawn.hpp"
 #include "dmuser/stats.hpp"
 #include "dmuser/task.hpp"
@@ -33,14 +34,14 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <mutex>
-#include <signal.h>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/signalfd.h>
 #include <sys/uio.h>
 #include <thread>
 #include <utility>
@@ -68,8 +69,17 @@ struct server_options {
     bool requeue_on_close = true; // Part 2: a restarted daemon takes over unanswered requests
     bool io_flusher = true;       // PR_SET_IO_FLUSHER on every server thread
     bool lock_memory = false;     // mlockall(MCL_CURRENT | MCL_FUTURE)
-    bool handle_signals = true;   // SIGINT / SIGTERM stop the server
+    // SIGINT / SIGTERM stop the server, from whichever thread takes them (signal_relay.hpp);
+    // a second one closes the channels, so the module hands what they hold to the next
+    // daemon (with requeue_on_close). The previous handlers are back when run() returns.
+    bool handle_signals = true;
+    // After a stop, how long run() waits for the store to answer what it holds; then it
+    // gives up on those requests (they are cancelled on the ring) and returns 1.
+    std::chrono::milliseconds stop_deadline = std::chrono::seconds(30);
     std::chrono::milliseconds stats_interval{0}; // log stats this often; 0 = never
+    // Starts each server thread past the first (which is run()'s own); empty: std::thread.
+    // For pinning or naming threads, and for tests that make a start fail.
+    std::function<std::thread(std::function<void()>)> start_thread{};
 };
 
 namespace detail {
@@ -105,8 +115,8 @@ public:
     // a second call throws std::logic_error (its threads and channels are gone).
     int run();
 
-    // Stop reading, answer what was read, return from run(). Thread-safe; not
-    // async-signal-safe (run() handles the signals itself).
+    // Stop reading, answer what was read (for up to stop_deadline), return from run().
+    // Thread-safe; not async-signal-safe (run() handles the signals itself).
     void stop() { request_stop(false); }
 
     server_stats stats() const {
@@ -148,10 +158,13 @@ private:
         int read_flags = 0; // RWF_NOWAIT, until the file refuses it
     };
     struct worker {
-        ring* r = nullptr;
-        bool stopping = false;       // no new reads
+        ring* r = nullptr;       // this thread's ring, for its coroutines
+        ring* mailbox = nullptr; // the same while other threads may post to it (mutex_)
+        bool stopping = false;        // no new reads
         bool reads_cancelled = false; // stop_worker has cancelled the waiting reads
-        unsigned live = 0;            // slot loops still running
+        bool deadline_armed = false;
+        bool gave_up = false; // the stop deadline passed with requests unanswered
+        unsigned live = 0;    // slot loops still running
         std::vector<channel*> channels;
         thread_stats stats;
     };
@@ -162,15 +175,16 @@ private:
             failed_ = true;
         stop_requested_ = true;
         for (auto& w : workers_)
-            if (w->r) {
+            if (w->mailbox) {
                 worker* wp = w.get();
-                w->r->post([this, wp] { stop_worker(*wp); });
+                w->mailbox->post([this, wp] { stop_worker(*wp); });
             }
     }
     // On the worker's thread: no new reads; cancel the ones waiting for a request. A read
     // that met end of file or an error has already set `stopping`, so only the cancelling
     // is done once: the worker's other reads would otherwise wait for ever.
     void stop_worker(worker& w) {
+        arm_stop_deadline(w);
         w.stopping = true;
         if (std::exchange(w.reads_cancelled, true))
             return;
@@ -189,7 +203,15 @@ private:
         request_stop(true);
     }
 
-    void thread_main(unsigned index, int signal_fd);
+    void arm_stop_deadline(worker& w) {
+        if (w.deadline_armed || opts_.stop_deadline.count() <= 0)
+            return;
+        w.deadline_armed = true;
+        spawn(give_up_after_deadline(w), "stop deadline");
+    }
+    void close_channels();
+
+    void thread_main(unsigned index, signal_relay* signals);
     task<void> slot_loop(worker& w, channel& ch, slot& s);
     task<bool> read_whole(worker& w, channel& ch, slot& s, request& req);
     task<bool> read_stream(worker& w, channel& ch, slot& s, request& req);
@@ -200,11 +222,12 @@ private:
     task<bool> read_rest(worker& w, channel& ch, slot& s, request& req, std::size_t have);
     std::byte* landing_zone(slot& s, const request& req);
     task<bool> send(worker& w, channel& ch, slot& s, const request& req, const reply& rep);
-    task<void> watch_signals(worker& w, int signal_fd);
+    task<void> watch_signals(worker& w, signal_relay& signals);
+    task<void> give_up_after_deadline(worker& w);
     task<void> print_stats(worker& w);
     bool check_read_result(worker& w, io_result got);
     void ensure_capacity(slot& s, std::size_t bytes);
-    void reject(worker& w, std::string_view why, const request* req);
+    void reject(worker& w, std::string_view why, const request* req, std::size_t message_bytes = 0);
 
     S& store_;
     channel_source& source_;

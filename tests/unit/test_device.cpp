@@ -188,6 +188,34 @@ TEST_CASE("the user table line", "[device][table]") {
     CHECK(t.params() == "0 2048 ctl 3 no_secure_erase max_payload 4194304");
 }
 
+TEST_CASE("Android's user target (1.x) gets exactly its three arguments", "[device][table]") {
+    UserTable t;
+    t.name = "rd";
+    t.sectors = 262144;
+    t.no_flush = true;
+    t.no_secure_erase = true;
+    t.max_payload = 4u << 20;
+    // Android's constructor takes exactly <start> <length> <control>.
+    CHECK(t.line(1) == "0 262144 user 0 262144 rd");
+    CHECK(t.params(1) == "0 262144 rd");
+    // This project's module (2.x) takes the options.
+    CHECK(t.params(2) == "0 262144 rd 4 no_flush no_secure_erase max_payload 4194304");
+    CHECK(t.params(2) == t.params());
+}
+
+TEST_CASE("adoption checks the control name, and takes an empty table line on trust",
+          "[device][table]") {
+    UserTable t;
+    t.name = "rd";
+    t.sectors = 2048;
+    CHECK_FALSE(dmuser::user_adoption_problem(t, "0 2048 rd"));
+    CHECK_FALSE(dmuser::user_adoption_problem(t, "0 2048 rd 1 no_flush"));
+    CHECK(dmuser::user_adoption_problem(t, "0 2048 other"));
+    CHECK(dmuser::user_adoption_problem(t, "0 2048"));
+    // Android's target has no .status: its table line is empty, so nothing can be checked.
+    CHECK_FALSE(dmuser::user_adoption_problem(t, ""));
+}
+
 TEST_CASE("bad table input is named before any ioctl", "[device][table]") {
     UserTable t;
     t.name = "disk";

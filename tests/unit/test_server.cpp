@@ -1,11 +1,16 @@
 // The server against the fake kernel: both module behaviours, concurrency, shutdown,
 // malformed input, stats.
+#include "alloc_counter.hpp"
 #include "server_fixture.hpp"
 
 #include <dmuser/dispatch.hpp>
+#include <fcntl.h>
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 using dmuser::testing::fake_kernel;
@@ -399,8 +404,7 @@ TEST_CASE("server: SIGTERM answers the requests in flight, then stops") {
     std::memset(store.mem.data(), 20, store.mem.size());
     dmuser::server srv(store, k, {.depth = 8, .io_flusher = false, .handle_signals = true});
     std::atomic<int> rc{-1};
-    // run() blocks SIGINT/SIGTERM in its own thread and reads them from a signalfd there;
-    // the signal is sent to that thread only, so the test process itself is never hit.
+    // Sent to run()'s thread: its handler relays it to the server's loop.
     std::thread t([&] { rc = srv.run(); });
     while (!srv.ready())
         std::this_thread::sleep_for(1ms);
@@ -502,5 +506,246 @@ TEST_CASE("server, Part 2: slots waiting on one channel park no io_uring worker 
     CHECK(io_workers_of_other_threads() == 0);
     CHECK(s.stop() == 0);
     CHECK(s.srv.stats().total_requests() == 600);
+    CHECK(k.violations().empty());
+}
+
+TEST_CASE("server: a response the module refuses with EBUSY is retried, not dropped") {
+    for (bool p2 : {true, false}) {
+        INFO("part2 " << p2);
+        fake_options o;
+        o.part2 = p2;
+        o.refuse_responses = 3;
+        fake_kernel k(o);
+        mem_store store(k.options().device_bytes);
+        // No requeue: a request the daemon drops is lost when its channel closes, not
+        // handed to a channel that answers it.
+        running_server s(store, k, {.requeue_on_close = false});
+        auto data = pattern(4096, 90);
+        auto answer = k.submit(fake_request{DM_USER_REQ_MAP_WRITE, 0, 16, 4096, data});
+        while (k.refused() < 3 && s.srv.stats().total_errors() == 0)
+            std::this_thread::sleep_for(1ms);
+        CHECK(s.stop() == 0);
+        CHECK(answer.get().result == DM_USER_RESP_SUCCESS);
+        CHECK(k.refused() == 3);
+        CHECK(s.srv.stats().total_errors() == 0);
+        CHECK(k.violations().empty());
+    }
+}
+
+namespace {
+// Notes the size of the completion queue of the ring that serves it.
+struct cq_probe_store : mem_store {
+    using mem_store::mem_store;
+    std::atomic<unsigned> cq_entries{0};
+    void read(std::uint64_t off, std::span<std::byte> out) {
+        cq_entries = dmuser::this_ring().native()->cq.ring_entries;
+        mem_store::read(off, out);
+    }
+};
+} // namespace
+
+TEST_CASE("server: each ring's completion queue holds every request its thread can have in "
+          "flight") {
+    fake_options o;
+    o.max_payload = 4096; // 4,096 slots of one page each
+    fake_kernel k(o);
+    cq_probe_store store(k.options().device_bytes);
+    running_server s(store, k, {.threads = 1, .channels = 64, .depth = 64});
+    REQUIRE(k.read(0, 4096).result == DM_USER_RESP_SUCCESS);
+    CHECK(store.cq_entries >= 64u * 64u);
+    CHECK(s.stop() == 0);
+}
+
+namespace {
+// Notes how many allocations the serving thread had made when each READ came.
+struct alloc_probe_store : mem_store {
+    using mem_store::mem_store;
+    std::atomic<std::size_t> allocations{0};
+    void read(std::uint64_t off, std::span<std::byte> out) {
+        allocations = test::allocations_on_this_thread();
+        mem_store::read(off, out);
+    }
+};
+struct log_level_guard {
+    dmuser::log::level old = dmuser::log::get_level();
+    ~log_level_guard() { dmuser::log::set_level(old); }
+};
+} // namespace
+
+TEST_CASE("server: with logging off, a rejected request allocates nothing") {
+    fake_kernel k;
+    alloc_probe_store store(k.options().device_bytes);
+    log_level_guard level;
+    dmuser::log::set_level(dmuser::log::level::off);
+    running_server s(store, k, {.depth = 1}); // one slot: requests are served in order
+    REQUIRE(k.read(0, 4096).result == DM_USER_RESP_SUCCESS); // warms the frame caches
+    REQUIRE(k.read(0, 4096).result == DM_USER_RESP_SUCCESS);
+    const std::size_t warm = store.allocations;
+    REQUIRE(k.read(0, 4096).result == DM_USER_RESP_SUCCESS);
+    REQUIRE(store.allocations == warm); // a request served allocates nothing
+    dmuser::request h;
+    h.type = 99; // unknown
+    CHECK(k.inject_request(0, h, {}).get().result == DM_USER_RESP_ERROR);
+    std::vector<std::byte> junk(10, std::byte{0x5a}); // shorter than a header
+    k.inject(0, junk);
+    REQUIRE(k.read(0, 4096).result == DM_USER_RESP_SUCCESS); // comes after the junk
+    CHECK(store.allocations - warm == 0);
+    CHECK(s.stop() == 0);
+    CHECK(s.srv.stats().malformed == 2);
+}
+
+TEST_CASE("server: a thread that cannot start is a system_error; the others stop and are "
+          "joined, and the signal mask is restored") {
+    fake_kernel k;
+    mem_store store(k.options().device_bytes);
+    sigset_t before;
+    REQUIRE(pthread_sigmask(SIG_SETMASK, nullptr, &before) == 0);
+    std::atomic<int> started{0};
+    std::atomic<int> ended{0};
+    dmuser::server_options o{.threads = 3, .io_flusher = false, .handle_signals = true};
+    // The second thread fails as pthread_create does under a pids cgroup's limit.
+    o.start_thread = [&](std::function<void()> body) {
+        if (started == 1)
+            throw std::system_error(EAGAIN, std::generic_category(), "pthread_create");
+        ++started;
+        return std::thread([&ended, body = std::move(body)] {
+            body();
+            ++ended;
+        });
+    };
+    dmuser::server srv(store, k, o);
+    try {
+        srv.run();
+        FAIL("run() returned");
+    } catch (const std::system_error& e) {
+        CHECK(e.code() == std::errc::resource_unavailable_try_again);
+    }
+    CHECK(started == 1);
+    CHECK(ended == 1);
+    CHECK_FALSE(srv.ready());
+    sigset_t after;
+    REQUIRE(pthread_sigmask(SIG_SETMASK, nullptr, &after) == 0);
+    CHECK(sigismember(&after, SIGTERM) == sigismember(&before, SIGTERM));
+    CHECK(sigismember(&after, SIGINT) == sigismember(&before, SIGINT));
+}
+
+TEST_CASE("server, Part 1: channels x depth channels by default, one request in flight each") {
+    fake_kernel k(part1());
+    mem_store store(k.options().device_bytes);
+    running_server s(store, k, {.channels = 2, .depth = 4});
+    CHECK(k.channels_opened() == 8);
+    CHECK(s.srv.channels_open() == 8);
+    check_round_trip(k, 0, 4096, 91);
+    CHECK(s.stop() == 0);
+    CHECK(k.violations().empty());
+}
+
+TEST_CASE("GET_INFO failing with ENOTTY or EOPNOTSUPP means Android's module (Part 1)") {
+    CHECK(dmuser::get_info_means_part1(ENOTTY));
+    CHECK(dmuser::get_info_means_part1(EOPNOTSUPP)); // the 2020 RFC's variant
+    CHECK_FALSE(dmuser::get_info_means_part1(EBADF));
+    // /dev/null has no such ioctl (ENOTTY): query() falls back rather than throwing.
+    dmuser::device_channels null_device("/dev/null");
+    dmuser::unique_fd fd = null_device.open_channel();
+    CHECK_FALSE(null_device.query(fd.get()).extensions);
+}
+
+namespace {
+// Holds every READ until `release` is written (never, if nobody does): a store that does
+// not answer. Its wait is an operation on the ring, so a ring that shuts down cancels it.
+struct stuck_store {
+    std::vector<std::byte> mem = std::vector<std::byte>(1 << 20);
+    dmuser::unique_fd release{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
+    std::atomic<int> started{0};
+    std::uint64_t size() const { return mem.size(); }
+    dmuser::task<std::error_code> read(std::uint64_t off, std::span<std::byte> out) {
+        ++started;
+        dmuser::io_result r = co_await dmuser::this_ring().poll(release.get(), POLLIN);
+        if (r.res < 0)
+            co_return std::error_code(-r.res, std::system_category());
+        std::memcpy(out.data(), mem.data() + off, out.size());
+        co_return std::error_code{};
+    }
+    void write(std::uint64_t off, std::span<const std::byte> in) {
+        std::memcpy(mem.data() + off, in.data(), in.size());
+    }
+    void let_go() {
+        std::uint64_t one = 1;
+        REQUIRE(::write(release.get(), &one, sizeof one) == sizeof one);
+    }
+};
+
+// What SIGTERM does when no server handles it (Catch2's handler, or the default), to check
+// that run() put it back.
+void (*sigterm_handler())(int) {
+    struct sigaction now {};
+    ::sigaction(SIGTERM, nullptr, &now);
+    return now.sa_handler;
+}
+} // namespace
+
+TEST_CASE("server: a process-directed SIGTERM stops it although other threads do not block it") {
+    // Neither this thread nor the fake kernel's blocks SIGTERM: the kernel may hand the
+    // signal to any of them.
+    fake_kernel k;
+    mem_store store(k.options().device_bytes);
+    const auto before = sigterm_handler();
+    dmuser::server srv(store, k, {.io_flusher = false, .handle_signals = true});
+    std::atomic<int> rc{-1};
+    std::thread t([&] { rc = srv.run(); });
+    while (!srv.ready())
+        std::this_thread::sleep_for(1ms);
+    check_round_trip(k, 0, 4096, 92);
+    REQUIRE(::kill(::getpid(), SIGTERM) == 0);
+    t.join();
+    CHECK(rc == 0);
+    CHECK(sigterm_handler() == before);
+}
+
+TEST_CASE("server: a second SIGTERM closes the channels; the next daemon gets their requests") {
+    fake_kernel k;
+    stuck_store store;
+    log_capture logs;
+    const auto before = sigterm_handler();
+    dmuser::server srv(store, k,
+                       {.depth = 1,
+                        .io_flusher = false,
+                        .handle_signals = true,
+                        .stop_deadline = std::chrono::hours(1)});
+    std::atomic<int> rc{-1};
+    std::thread t([&] { rc = srv.run(); });
+    while (!srv.ready())
+        std::this_thread::sleep_for(1ms);
+    auto answer = k.submit(fake_request{DM_USER_REQ_MAP_READ, 0, 0, 512, {}});
+    while (store.started < 1)
+        std::this_thread::sleep_for(1ms);
+    REQUIRE(::kill(::getpid(), SIGTERM) == 0);
+    while (!logged_has("then stopping")) // the first was taken, so the next is a new one
+        std::this_thread::sleep_for(1ms);
+    REQUIRE(::kill(::getpid(), SIGTERM) == 0);
+    while (k.requeued() < 1) // its channel closed with REQUEUE_ON_CLOSE
+        std::this_thread::sleep_for(1ms);
+    {
+        mem_store next_store(store.size());
+        running_server next(next_store, k);
+        CHECK(answer.get().result == DM_USER_RESP_SUCCESS);
+        CHECK(next.stop() == 0);
+    }
+    store.let_go(); // the first daemon's store answers at last, into the closed channel
+    t.join();
+    CHECK(rc == 0);
+    CHECK(logged_has("closing the channels"));
+    CHECK(sigterm_handler() == before);
+}
+
+TEST_CASE("server: the stop deadline gives up on a store that never answers") {
+    fake_kernel k;
+    stuck_store store; // never let go
+    running_server s(store, k, {.requeue_on_close = false, .stop_deadline = 1ms});
+    auto answer = k.submit(fake_request{DM_USER_REQ_MAP_READ, 0, 0, 512, {}});
+    while (store.started < 1)
+        std::this_thread::sleep_for(1ms);
+    CHECK(s.stop() == 1); // not a clean stop
+    CHECK(answer.get().result == fake_response::lost);
     CHECK(k.violations().empty());
 }

@@ -49,6 +49,12 @@ int server<S>::run() {
                   source_.describe());
 
     unsigned depth = whole_messages_ ? opts_.depth : 1;
+    if (!whole_messages_) {
+        // One request in flight per channel: depth comes from more channels, or QD32
+        // runs as QD1. Bounded, as each is a file descriptor.
+        open_channels(std::min<std::size_t>(std::size_t(opts_.channels) * opts_.depth,
+                                            std::max<std::size_t>(opts_.channels, 1024)));
+    }
     const std::size_t first_capacity =
         whole_messages_ ? max_payload_ : std::min<std::uint64_t>(max_payload_, 128u << 10);
     read_size_ = first_capacity;
@@ -92,45 +98,49 @@ int server<S>::run() {
         log::warn("mlockall: {}; pages may be swapped out under memory pressure",
                   std::strerror(errno));
 
-    sigset_t stop_signals, old_mask;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    unique_fd signal_fd;
+    // Handlers, not a blocked mask: a thread that was there before run() (and does not
+    // block the signals) takes them as well as any.
+    std::optional<signal_relay> signals;
     if (opts_.handle_signals) {
-        // Blocked before the threads start, so they inherit the mask and only the
-        // signalfd sees SIGINT/SIGTERM.
-        pthread_sigmask(SIG_BLOCK, &stop_signals, &old_mask);
-        signal_fd.reset(::signalfd(-1, &stop_signals, SFD_CLOEXEC | SFD_NONBLOCK));
-        if (!signal_fd)
-            log::warn("signalfd: {}; SIGINT/SIGTERM will not stop the server cleanly",
-                      std::strerror(errno));
+        try {
+            signals.emplace();
+        } catch (const std::system_error& e) {
+            log::warn("{}; SIGINT/SIGTERM will not stop the server cleanly", e.what());
+        }
     }
 
+    auto wind_down = [&] {
+        finished_ = true;
+        channels_open_ = 0;
+    };
     std::vector<std::thread> threads;
-    for (unsigned t = 1; t < opts_.threads; ++t)
-        threads.emplace_back([this, t] { thread_main(t, -1); });
-    thread_main(0, signal_fd.get());
+    try {
+        for (unsigned t = 1; t < opts_.threads; ++t) {
+            std::function<void()> body = [this, t] { thread_main(t, nullptr); };
+            threads.push_back(opts_.start_thread ? opts_.start_thread(std::move(body))
+                                                 : std::thread(std::move(body)));
+        }
+    } catch (...) {
+        // E.g. EAGAIN under a pids cgroup's limit: the threads already started stop (they
+        // answer what they read) and are joined, and the caller gets the error.
+        request_stop(false);
+        for (auto& th : threads)
+            th.join();
+        wind_down();
+        channels_.clear();
+        throw;
+    }
+    thread_main(0, signals ? &*signals : nullptr);
     for (auto& th : threads)
         th.join();
-
-    if (opts_.handle_signals) {
-        // A signal that came while we drained is consumed here rather than killing the
-        // process once unblocked.
-        timespec zero{};
-        while (sigtimedwait(&stop_signals, nullptr, &zero) > 0) {
-        }
-        pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-    }
-    finished_ = true;
-    channels_open_ = 0;
+    wind_down();
     log::info("{}: stopped; {}", source_.describe(), stats().to_string());
     channels_.clear();
     return failed_ ? 1 : 0;
 }
 
 template <BlockStore S>
-void server<S>::thread_main(unsigned index, int signal_fd) {
+void server<S>::thread_main(unsigned index, signal_relay* signals) {
     worker& w = *workers_[index];
     if (opts_.io_flusher && ::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0 &&
         !io_flusher_warned_.exchange(true))
@@ -138,20 +148,33 @@ void server<S>::thread_main(unsigned index, int signal_fd) {
                   "through this device under memory pressure can deadlock",
                   std::strerror(errno));
     try {
-        ring r(opts_.ring_entries);
+        // Every read this thread keeps outstanding, each with a cancellation and then a
+        // response, may complete at once: the CQ holds them all (the kernel's maximum is
+        // 65536), and never less than twice the SQ.
+        std::size_t slots = 0;
+        for (channel* ch : w.channels)
+            slots += ch->slots.size();
+        const auto cq_entries = static_cast<unsigned>(std::min<std::size_t>(
+            65536, std::max<std::size_t>(2 * std::size_t(opts_.ring_entries), 2 * slots + 16)));
+        ring r(opts_.ring_entries, cq_entries);
         r.set_busy_poll(opts_.busy_poll);
+        // Only posting ends here: ~ring (after this) may still resume coroutines that use
+        // w.r while it cancels what they wait for.
         struct unregister {
             server* self;
             worker& w;
             ~unregister() {
                 std::lock_guard lock(self->mutex_);
-                w.r = nullptr;
+                w.mailbox = nullptr;
             }
         } registration{this, w};
+        w.r = &r;
+        bool stop_now = false;
         {
             std::lock_guard lock(mutex_);
-            w.r = &r;
-            if (stop_requested_)
+            w.mailbox = &r;
+            stop_now = stop_requested_;
+            if (stop_now)
                 w.stopping = true;
         }
         for (channel* ch : w.channels)
@@ -159,13 +182,15 @@ void server<S>::thread_main(unsigned index, int signal_fd) {
                 ++w.live;
                 spawn(slot_loop(w, *ch, *s), "channel loop");
             }
-        if (signal_fd >= 0)
-            spawn(watch_signals(w, signal_fd), "signal watcher");
+        if (stop_now)
+            arm_stop_deadline(w);
+        if (signals)
+            spawn(watch_signals(w, *signals), "signal watcher");
         if (index == 0 && opts_.stats_interval.count() > 0)
             spawn(print_stats(w), "stats printer");
         ++ready_threads_;
         try {
-            while (w.live > 0)
+            while (w.live > 0 && !w.gave_up)
                 r.run_once(true);
         } catch (...) {
             // The loops must see that they stop before ~ring cancels their reads: a
@@ -204,13 +229,19 @@ bool server<S>::check_read_result(worker& w, io_result got) {
 }
 
 template <BlockStore S>
-void server<S>::reject(worker& w, std::string_view why, const request* req) {
+void server<S>::reject(worker& w, std::string_view why, const request* req,
+                       std::size_t message_bytes) {
     w.stats.malformed();
+    // The arguments are formatted before log::error looks at the level: a daemon with
+    // logging off must not allocate for each bad request.
+    if (!log::enabled(log::level::error))
+        return;
     if (req)
         log::error("{}: malformed request rejected ({}): {}", source_.describe(), why,
                    describe(*req));
     else
-        log::error("{}: malformed message rejected: {}", source_.describe(), why);
+        log::error("{}: malformed message rejected: {} of {} bytes", source_.describe(), why,
+                   message_bytes);
 }
 
 // A file that refuses RWF_NOWAIT (no FMODE_NOWAIT: a socket or pipe before Linux 6.6,
@@ -277,7 +308,7 @@ task<bool> server<S>::read_whole(worker& w, channel& ch, slot& s, request& req) 
         co_return false;
     std::size_t n = got.bytes();
     if (n < header_size) {
-        reject(w, fmt::format("short message of {} bytes", n), nullptr);
+        reject(w, "short message", nullptr, n);
         co_return false;
     }
     req = decode_header(std::span<const std::byte, header_size>(s.header, header_size));
@@ -429,13 +460,20 @@ task<bool> server<S>::send(worker& w, channel& ch, slot& s, const request& req, 
         count = 2;
     }
     iovec* iov = s.iov;
+    constexpr std::chrono::nanoseconds max_busy_backoff = std::chrono::milliseconds(1);
+    std::chrono::nanoseconds busy_backoff = std::chrono::microseconds(1);
     for (;;) {
-        io_result got =
-            count == 1
-                ? co_await w.r->write(
-                      ch.fd.get(),
-                      std::span(static_cast<const std::byte*>(iov[0].iov_base), iov[0].iov_len), 0)
-                : co_await w.r->writev(ch.fd.get(), std::span(iov, count), 0);
+        // (Not one conditional expression with two co_awaits: GCC 12 assigned from it
+        // runs both writes.)
+        io_result got;
+        if (std::error_code refused = source_.refuse_response(ch.fd.get()))
+            got.res = -refused.value();
+        else if (count == 1)
+            got = co_await w.r->write(
+                ch.fd.get(),
+                std::span(static_cast<const std::byte*>(iov[0].iov_base), iov[0].iov_len), 0);
+        else
+            got = co_await w.r->writev(ch.fd.get(), std::span(iov, count), 0);
         if (got.res == -EAGAIN && ch.polled) {
             // An O_NONBLOCK channel (nowait_refused) whose buffer is full.
             co_await w.r->poll(ch.fd.get(), POLLOUT);
@@ -443,6 +481,14 @@ task<bool> server<S>::send(worker& w, channel& ch, slot& s, const request& req, 
         }
         if (got.res == -EINTR || got.res == -EAGAIN)
             continue;
+        if (got.res == -EBUSY) {
+            // The module cannot take the response yet, and the request (its BIO) stays
+            // held until it does: wait on the ring, not by sleeping its thread, and retry
+            // until it is taken or the channel closes (the write then fails otherwise).
+            co_await w.r->timeout(busy_backoff);
+            busy_backoff = std::min<std::chrono::nanoseconds>(busy_backoff * 2, max_busy_backoff);
+            continue;
+        }
         if (got.res == -ENOTBLK) {
             w.stopping = true;
             target_gone("target removed (ENOTBLK)");
@@ -501,19 +547,60 @@ task<void> server<S>::slot_loop(worker& w, channel& ch, slot& s) {
 }
 
 template <BlockStore S>
-task<void> server<S>::watch_signals(worker& w, int signal_fd) {
+task<void> server<S>::watch_signals(worker& w, signal_relay& signals) {
+    std::uint64_t seen = 0;
     for (;;) {
-        io_result ready = co_await w.r->poll(signal_fd, POLLIN);
+        io_result ready = co_await w.r->poll(signals.fd(), POLLIN);
         if (ready.res < 0)
             co_return; // cancelled when the ring shuts down
-        signalfd_siginfo si{};
-        if (::read(signal_fd, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+        const std::uint64_t came = signals.take();
+        if (came == 0)
+            continue;
+        const char* name = strsignal(signal_relay::last_signal());
+        if (seen == 0) {
             log::info("{}: {}: answering requests in flight, then stopping", source_.describe(),
-                      strsignal(static_cast<int>(si.ssi_signo)));
+                      name);
             request_stop(false);
+        }
+        seen += came;
+        if (seen >= 2) {
+            log::warn("{}: {} again: closing the channels; the module hands the requests they "
+                      "hold to the next daemon",
+                      source_.describe(), name);
+            close_channels();
             co_return;
         }
     }
+}
+
+// The channels' files are closed (so the module requeues or fails what they hold) by
+// putting /dev/null in their place: a response still on its way then goes nowhere,
+// rather than to a file that reused the number.
+template <BlockStore S>
+void server<S>::close_channels() {
+    unique_fd null_device(::open("/dev/null", O_RDWR | O_CLOEXEC));
+    if (!null_device) {
+        log::error("{}: /dev/null: {}; the channels stay open", source_.describe(),
+                   std::strerror(errno));
+        return;
+    }
+    for (auto& ch : channels_)
+        if (::dup3(null_device.get(), ch->fd.get(), O_CLOEXEC) < 0)
+            log::error("{}: closing a channel: {}", source_.describe(), std::strerror(errno));
+}
+
+template <BlockStore S>
+task<void> server<S>::give_up_after_deadline(worker& w) {
+    io_result t = co_await w.r->timeout(opts_.stop_deadline);
+    if (t.res != -ETIME || w.live == 0)
+        co_return; // cancelled: everything was answered and the ring shut down
+    log::error("{}: {} ms after the stop, the store still holds requests; giving up on them",
+               source_.describe(), opts_.stop_deadline.count());
+    {
+        std::lock_guard lock(mutex_);
+        failed_ = true;
+    }
+    w.gave_up = true;
 }
 
 template <BlockStore S>

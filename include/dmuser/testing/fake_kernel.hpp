@@ -56,6 +56,9 @@ struct fake_options {
     std::size_t split = 0;
     // Sleep before sending each request (or piece).
     std::chrono::microseconds delay{0};
+    // The first this many response writes fail with EBUSY, as the module's does when it
+    // cannot take a response yet (channel_source::refuse_response).
+    unsigned refuse_responses = 0;
 };
 
 // A request to send; payload is sent as is (it need not match len, to inject faults).
@@ -143,6 +146,15 @@ public:
     }
     std::string describe() const override {
         return opts_.part2 ? "fake dm-user (Part 2)" : "fake dm-user (Part 1)";
+    }
+    std::error_code refuse_response(int) override {
+        unsigned left = refusals_left_.load();
+        while (left > 0)
+            if (refusals_left_.compare_exchange_weak(left, left - 1)) {
+                ++refused_;
+                return std::make_error_code(std::errc::device_or_resource_busy);
+            }
+        return {};
     }
 
     // --- the block layer's side: thread-safe ------------------------------------------
@@ -232,6 +244,8 @@ public:
     }
     std::uint64_t channel_flags() const { return channel_flags_; }
     std::uint64_t requeued() const { return requeued_; }
+    // Response writes failed with EBUSY so far (fake_options::refuse_responses).
+    unsigned refused() const { return refused_; }
     const fake_options& options() const { return opts_; }
 
 private:
@@ -478,6 +492,8 @@ private:
     std::atomic<std::uint64_t> next_seq_{1};
     std::atomic<std::uint64_t> channel_flags_{0};
     std::atomic<std::uint64_t> requeued_{0};
+    std::atomic<unsigned> refusals_left_{opts_.refuse_responses};
+    std::atomic<unsigned> refused_{0};
 
     mutable std::mutex mutex_;
     std::vector<std::shared_ptr<chan>> channels_;
