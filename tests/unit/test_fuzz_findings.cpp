@@ -62,7 +62,8 @@ TEST_CASE("fuzz finding: end of file on one channel cancels the reads of the wor
     quiet_log quiet;
     socket_channels src;
     mem_store store(1 << 20);
-    running_server s(store, src, {.threads = 1, .channels = 2});
+    // The source speaks Part 1, where the server opens channels x depth channels.
+    running_server s(store, src, {.threads = 1, .channels = 2, .depth = 1});
     REQUIRE(src.kernel_ends.size() == 2);
     ::shutdown(src.kernel_ends[0].get(), SHUT_WR); // channel 0 reads end of file
     CHECK(ends(s, src));
@@ -72,7 +73,7 @@ TEST_CASE("fuzz finding: stop() after a read met end of file still ends run()") 
     quiet_log quiet;
     socket_channels src;
     mem_store store(1 << 20);
-    running_server s(store, src, {.threads = 1, .channels = 3});
+    running_server s(store, src, {.threads = 1, .channels = 3, .depth = 1});
     REQUIRE(src.kernel_ends.size() == 3);
     ::shutdown(src.kernel_ends[1].get(), SHUT_WR);
     s.srv.stop();

@@ -572,6 +572,9 @@ struct log_level_guard {
 };
 } // namespace
 
+// Under ASan every coroutine frame comes from the heap on purpose (frame_allocator.hpp), so a
+// request served allocates there and this count has nothing to compare with.
+#if !defined(__SANITIZE_ADDRESS__)
 TEST_CASE("server: with logging off, a rejected request allocates nothing") {
     fake_kernel k;
     alloc_probe_store store(k.options().device_bytes);
@@ -593,6 +596,7 @@ TEST_CASE("server: with logging off, a rejected request allocates nothing") {
     CHECK(s.stop() == 0);
     CHECK(s.srv.stats().malformed == 2);
 }
+#endif
 
 TEST_CASE("server: a thread that cannot start is a system_error; the others stop and are "
           "joined, and the signal mask is restored") {
