@@ -454,14 +454,8 @@ public:
                 }
         // Both in one submission: a link cut by a flush between them would start the
         // second at once.
-        while (io_uring_sq_space_left(&ring_) < 2) {
-            check_owner("submit to");
-            int r = io_uring_submit(&ring_);
-            if (r == -EBUSY || r == -EAGAIN)
-                reap();
-            else if (r < 0 && r != -EINTR)
-                throw std::system_error(-r, std::system_category(), "io_uring_submit");
-        }
+        while (io_uring_sq_space_left(&ring_) < 2)
+            flush_submissions();
         const std::uint64_t first_data = detail::user_data_of(first);
         const std::uint64_t second_data = detail::user_data_of(second);
         io_uring_sqe* s = get_sqe();
@@ -475,19 +469,24 @@ public:
         detail::io_release();
     }
 
-    // A free SQE; a full SQ is flushed to the kernel (and, if the kernel pushes back,
-    // completions are reaped into the ready list without resuming anyone) and retried.
+    // A free SQE; a full SQ is flushed to the kernel and retried.
     io_uring_sqe* get_sqe() {
         for (;;) {
             if (io_uring_sqe* s = io_uring_get_sqe(&ring_))
                 return s;
-            check_owner("submit to");
-            int r = io_uring_submit(&ring_);
-            if (r == -EBUSY || r == -EAGAIN)
-                reap();
-            else if (r < 0 && r != -EINTR)
-                throw std::system_error(-r, std::system_category(), "io_uring_submit");
+            flush_submissions();
         }
+    }
+
+    // Hands the queued SQEs to the kernel to make room in the SQ. If the kernel pushes
+    // back, completions are reaped into the ready list (without resuming anyone) instead.
+    void flush_submissions() {
+        check_owner("submit to");
+        int r = io_uring_submit(&ring_);
+        if (r == -EBUSY || r == -EAGAIN)
+            reap();
+        else if (r < 0 && r != -EINTR)
+            throw std::system_error(-r, std::system_category(), "io_uring_submit");
     }
 
     // A generation for the next io_op (see completion).
