@@ -41,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -289,6 +290,40 @@ static void *blocking_worker(void *arg)
 	return NULL;
 }
 
+/*
+ * user_data of uring_serve's operations: the slot in the low 32 bits, and what
+ * the operation is above them.
+ */
+#define URING_WRITE	(1ULL << 32)
+#define URING_POLL	(1ULL << 33)
+
+/*
+ * Read the next request into slot @i. RWF_NOWAIT: when nothing is queued the
+ * read fails with -EAGAIN instead of waiting in io_uring's internal poll, and
+ * then (@wait) it waits in an exclusive poll linked to the read, so a new
+ * request wakes one slot. A plain read's internal poll is woken by every
+ * request, as on a pipe; 6.1's io_uring re-arms a woken read that finds nothing
+ * up to 127 times, then hands it to an io-wq thread blocked in read(). With
+ * more slots than requests, a slot that keeps losing gets there.
+ */
+static void uring_read(struct io_uring *ring, int fd, char *buf, size_t len,
+		       unsigned int i, bool wait)
+{
+	struct io_uring_sqe *sqe;
+
+	if (wait) {
+		sqe = io_uring_get_sqe(ring);
+		io_uring_prep_poll_add(sqe, fd, POLLIN | EPOLLEXCLUSIVE);
+		io_uring_sqe_set_data64(sqe, URING_POLL | i);
+		sqe->flags |= IOSQE_IO_LINK;
+	}
+	sqe = io_uring_get_sqe(ring);
+	io_uring_prep_read(sqe, fd, buf, len, 0);
+	sqe->rw_flags = RWF_NOWAIT;
+	io_uring_sqe_set_data64(sqe, i);
+	io_uring_submit(ring);
+}
+
 /* One channel, qd reads in flight on io_uring, responses written as they are ready. */
 static void uring_serve(int fd, unsigned int qd, size_t bufsize)
 {
@@ -297,17 +332,14 @@ static void uring_serve(int fd, unsigned int qd, size_t bufsize)
 	unsigned int i;
 	int r;
 
+	/* Each slot has at most two operations in flight: a poll and its read. */
 	r = io_uring_queue_init(qd * 2, &ring, 0);
 	if (r)
 		die("io_uring_queue_init: %s", strerror(-r));
 	for (i = 0; i < qd; i++) {
-		struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
-
 		bufs[i] = malloc(bufsize);
-		io_uring_prep_read(sqe, fd, bufs[i], bufsize, 0);
-		io_uring_sqe_set_data64(sqe, i);
+		uring_read(&ring, fd, bufs[i], bufsize, i, false);
 	}
-	io_uring_submit(&ring);
 	for (unsigned long completions = 0;;) {
 		struct io_uring_cqe *cqe;
 		uint64_t data;
@@ -326,19 +358,24 @@ static void uring_serve(int fd, unsigned int qd, size_t bufsize)
 			if (w > max_iou_workers)
 				max_iou_workers = w;
 		}
-		if (data & (1ULL << 32)) {
-			/* A response went out: read the next request into that slot. */
-			struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
-
-			i = (unsigned int)data;
-			if (res < 0)
-				die("io_uring response write: %s", strerror(-res));
-			io_uring_prep_read(sqe, fd, bufs[i], bufsize, 0);
-			io_uring_sqe_set_data64(sqe, i);
-			io_uring_submit(&ring);
+		i = (unsigned int)data;
+		if (data & URING_POLL) {
+			/* Its read says what happened; a failed poll cancels it. */
+			if (res < 0 && res != -ECANCELED)
+				die("io_uring poll: %s", strerror(-res));
 			continue;
 		}
-		i = (unsigned int)data;
+		if (data & URING_WRITE) {
+			/* A response went out: read the next request into that slot. */
+			if (res < 0)
+				die("io_uring response write: %s", strerror(-res));
+			uring_read(&ring, fd, bufs[i], bufsize, i, false);
+			continue;
+		}
+		if (res == -EAGAIN || res == -ECANCELED) {
+			uring_read(&ring, fd, bufs[i], bufsize, i, true);
+			continue;
+		}
 		if (res == -ENOTBLK)
 			break;
 		if (res < (int)HDR)
@@ -353,7 +390,7 @@ static void uring_serve(int fd, unsigned int qd, size_t bufsize)
 			size_t len = handle(msg);
 
 			io_uring_prep_write(sqe, fd, msg, len, 0);
-			io_uring_sqe_set_data64(sqe, (1ULL << 32) | i);
+			io_uring_sqe_set_data64(sqe, URING_WRITE | i);
 			io_uring_submit(&ring);
 		}
 	}

@@ -168,11 +168,12 @@ t_unsupported() {
 }
 
 # 7. fio with io_uring on /dev/mapper/NAME runs without iou-wrk threads, and
-# so does an io_uring daemon.
+# so does an io_uring daemon that reads with RWF_NOWAIT and waits in exclusive
+# polls (module-probe's uring_read() says why a plain read is not enough on 6.1).
 t_nowait_fio_uring() {
     need_cmd fio
     dm_user_create p2 131072 p2-ctl || fail "create"
-    serve ur p2-ctl --uring 32 --stats /tmp/ur.stats
+    serve ur p2-ctl --uring 64 --stats /tmp/ur.stats
     fio --name=nowait --filename=/dev/mapper/p2 --rw=randrw --bs=4k --iodepth=32 \
         --ioengine=io_uring --direct=1 --time_based --runtime=6 --size=64M \
         --output-format=terse --terse-version=3 >/tmp/fio.terse 2>/tmp/fio.err &
