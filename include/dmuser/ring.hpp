@@ -163,7 +163,9 @@ private:
 // thread that waits for data wakes up to a read that has already run. Made by
 // ring::readv_when_ready; neither copyable nor movable, like io_op. Its result is the
 // read's, or the poll's failure (-ECANCELED when cancelled: the read is then not done).
-// It resumes only once both CQEs are in, so neither lands in a frame that is gone.
+// Where the kernel can (IORING_FEAT_CQE_SKIP), a poll that fires posts no CQE and a poll
+// that fails takes its read's with it, so the pair costs one CQE; otherwise it resumes
+// only once both CQEs are in, so neither lands in a frame that is gone.
 class [[nodiscard]] polled_read_op {
 public:
     template <typename PreparePoll, typename PrepareRead>
@@ -194,7 +196,7 @@ private:
     ring* ring_;
     part poll_;
     part read_;
-    unsigned parts_left_ = 2;
+    unsigned parts_left_ = 0; // CQEs still to come, set when submitted
     io_uring_sqe poll_sqe_;
     io_uring_sqe read_sqe_;
     std::coroutine_handle<> waiter_;
@@ -224,6 +226,7 @@ public:
         }
         if (r < 0)
             throw std::system_error(-r, std::system_category(), "io_uring_queue_init");
+        skip_cqe_ = (p.features & IORING_FEAT_CQE_SKIP) != 0;
         int efd = ::eventfd(0, EFD_CLOEXEC);
         if (efd < 0) {
             io_uring_queue_exit(&ring_);
@@ -432,26 +435,32 @@ public:
 
     // Two operations, the second started only once the first succeeded (IOSQE_IO_LINK;
     // a failed first fails the second with -ECANCELED). Each CQE completes its own.
-    void submit_linked(completion& first, const io_uring_sqe& first_prepared, completion& second,
-                       const io_uring_sqe& second_prepared) {
-        if (closing_) {
-            first.res = second.res = -ECANCELED;
-            first.cqe_flags = second.cqe_flags = 0;
+    // quiet_first: where the kernel can, the first posts no CQE when it succeeds, and a
+    // failed first takes the second's CQE with it (IOSQE_CQE_SKIP_SUCCESS): exactly one
+    // of the two then completes. Returns how many of them will complete: 1 or 2.
+    unsigned submit_linked(completion& first, const io_uring_sqe& first_prepared,
+                           completion& second, const io_uring_sqe& second_prepared,
+                           bool quiet_first = false) {
+        const bool quiet = quiet_first && skip_cqe_;
+        // The pair failed before reaching the kernel: as the kernel would fail it.
+        auto fail_first = [&](int res) {
+            first.res = res;
+            first.cqe_flags = 0;
             make_ready(first);
+            if (quiet)
+                return 1u;
+            second.res = -ECANCELED;
+            second.cqe_flags = 0;
             make_ready(second);
-            return;
-        }
+            return 2u;
+        };
+        if (closing_)
+            return fail_first(-ECANCELED);
         // An injected failure of either fails the pair as the kernel would a failed first.
         if (auto inject = testing::detail::injector.load(std::memory_order_relaxed))
             for (const io_uring_sqe* prepared : {&first_prepared, &second_prepared})
-                if (int res = inject(*prepared); res < 0) {
-                    first.res = res;
-                    second.res = -ECANCELED;
-                    first.cqe_flags = second.cqe_flags = 0;
-                    make_ready(first);
-                    make_ready(second);
-                    return;
-                }
+                if (int res = inject(*prepared); res < 0)
+                    return fail_first(res);
         // Both in one submission: a link cut by a flush between them would start the
         // second at once.
         while (io_uring_sq_space_left(&ring_) < 2)
@@ -460,13 +469,15 @@ public:
         const std::uint64_t second_data = detail::user_data_of(second);
         io_uring_sqe* s = get_sqe();
         *s = first_prepared;
-        s->flags |= IOSQE_IO_LINK;
+        s->flags |= IOSQE_IO_LINK | (quiet ? IOSQE_CQE_SKIP_SUCCESS : 0);
         io_uring_sqe_set_data64(s, first_data);
         s = get_sqe();
         *s = second_prepared;
         io_uring_sqe_set_data64(s, second_data);
-        in_flight_ += 2;
+        const unsigned cqes = quiet ? 1 : 2;
+        in_flight_ += cqes;
         detail::io_release();
+        return cqes;
     }
 
     // A free SQE; a full SQ is flushed to the kernel and retried.
@@ -681,6 +692,7 @@ private:
     completion* ready_tail_ = nullptr;
     bool stopped_ = false;
     bool closing_ = false;
+    bool skip_cqe_ = false; // the kernel honours IOSQE_CQE_SKIP_SUCCESS (5.17)
     ring* previous_ = nullptr;
     completion probe_; // shut_down's cancel-everything request
     bool probe_done_ = false;
@@ -731,7 +743,8 @@ polled_read_op::polled_read_op(ring& r, PreparePoll&& prepare_poll,
 
 inline void polled_read_op::await_suspend(std::coroutine_handle<> waiter) {
     waiter_ = waiter;
-    ring_->submit_linked(poll_, poll_sqe_, read_, read_sqe_);
+    // The poll's own CQE says nothing its read's does not: it fired, or the read failed.
+    parts_left_ = ring_->submit_linked(poll_, poll_sqe_, read_, read_sqe_, /*quiet_first=*/true);
 }
 
 namespace detail {

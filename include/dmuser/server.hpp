@@ -142,6 +142,10 @@ private:
         std::size_t capacity = 0;       // of buffer
         bool landed = false;            // the WRITE just read is already in the store
         std::uint64_t pending_read = 0; // io_op id of a read that may be cancelled
+        // Reads left that go straight to a poll linked to the read: a slot whose read just
+        // found nothing will likely find nothing next time too, and the failed read costs
+        // a CQE and a turn of the loop. Now and then it tries a plain read again.
+        unsigned poll_first_left = 0;
         iovec iov[2]{};
         std::string_view bad; // why the request just read is malformed (a literal), if it is
     };

@@ -270,7 +270,11 @@ bool server<S>::nowait_refused(channel& ch, io_result got) {
 template <BlockStore S>
 task<io_result> server<S>::read_channel(worker& w, channel& ch, slot* s, std::span<const iovec> iov,
                                         unsigned events) {
-    bool poll_first = false;
+    // How many reads a slot goes straight to the poll after a plain one found nothing.
+    constexpr unsigned poll_first_streak = 16;
+    bool poll_first = s && s->poll_first_left > 0 && ch.polled && !w.stopping;
+    if (poll_first)
+        --s->poll_first_left;
     for (;;) {
         io_result got;
         if (poll_first) {
@@ -287,6 +291,8 @@ task<io_result> server<S>::read_channel(worker& w, channel& ch, slot* s, std::sp
         if (s)
             s->pending_read = 0;
         if (got.res == -EAGAIN && ch.polled && !(s && w.stopping)) {
+            if (s && !poll_first)
+                s->poll_first_left = poll_first_streak;
             poll_first = true;
             continue;
         }
