@@ -6,6 +6,7 @@
 #include "dmuser/unique_fd.hpp"
 
 #include <cerrno>
+#include <cstddef>
 #include <cstdint>
 #include <fcntl.h>
 #include <linux/dm-user.h>
@@ -44,6 +45,11 @@ public:
     // with instead of reaching it (the module's EBUSY), or none. A real module needs no
     // such hook: its writes fail on their own.
     virtual std::error_code refuse_response(int /*channel_fd*/) { return {}; }
+    // The size of the daemon's reads that take a new request, said before it opens a
+    // channel. The module needs nothing: it hands a message longer than a read in pieces,
+    // the rest with the channel's next read. testing::fake_kernel's datagram channels
+    // cannot keep a rest, so it cuts such messages where the module would.
+    virtual void reads_of(std::size_t /*bytes*/) {}
 };
 
 // Whether DM_USER_IOC_GET_INFO failing with `err` means a module without the ioctl

@@ -22,6 +22,10 @@ int server<S>::run() {
             channels_.push_back(std::move(ch));
         }
     };
+    // A WRITE may be read in two (split_writes_ below): its first read is this long.
+    if constexpr (has_write_view<S>)
+        if (opts_.write_view_above > 0)
+            source_.reads_of(header_size + opts_.write_view_above);
     open_channels(opts_.channels);
     module_ = source_.query(channels_.front()->fd.get());
     whole_messages_ = module_.has_feature(DM_USER_FEATURE_WHOLE_MESSAGE);

@@ -3,8 +3,12 @@
 //
 // Part 2 behaviour: SOCK_SEQPACKET channels, so every read returns one whole request and
 // every write is one response message (several back to back are accepted), and
-// query() answers like DM_USER_IOC_GET_INFO. Part 1 (Android's module): SOCK_STREAM
-// channels read header then payload, query() reports ENOTTY.
+// query() answers like DM_USER_IOC_GET_INFO. A request longer than the daemon's reads
+// (channel_source::reads_of) goes in two datagrams, cut where the module would end the
+// first read; the rest comes with the next read, as from the module, provided that read
+// takes all of it (a datagram's excess is lost, where the module would keep it).
+// Part 1 (Android's module): SOCK_STREAM channels read header then payload, query()
+// reports ENOTTY.
 //
 // The fake checks the daemon: a response for a seq its channel does not hold, a READ
 // answer of the wrong size, or trailing garbage is recorded in violations() (the module
@@ -52,7 +56,8 @@ struct fake_options {
     std::size_t piece = 0;
     // Part 2: a message longer than this many bytes goes as two datagrams, its first
     // `split` bytes then the rest, as the module answers a read of `split` bytes (the rest
-    // comes with the channel's next read). 0: whole messages only.
+    // comes with the channel's next read). 0: only where the daemon's reads are shorter
+    // (channel_source::reads_of).
     std::size_t split = 0;
     // Sleep before sending each request (or piece).
     std::chrono::microseconds delay{0};
@@ -147,6 +152,7 @@ public:
     std::string describe() const override {
         return opts_.part2 ? "fake dm-user (Part 2)" : "fake dm-user (Part 1)";
     }
+    void reads_of(std::size_t bytes) override { read_size_ = bytes; }
     std::error_code refuse_response(int) override {
         unsigned left = refusals_left_.load();
         while (left > 0)
@@ -292,6 +298,8 @@ private:
             if (opts_.delay.count())
                 std::this_thread::sleep_for(opts_.delay);
             std::size_t first = opts_.split && n > opts_.split ? opts_.split : n;
+            if (const std::size_t r = read_size_; r && first > r)
+                first = r; // the module's first read ends here; the rest comes with the next
             while (::send(ch.fd.get(), p, first, MSG_NOSIGNAL) < 0 && errno == EINTR) {
             }
             while (first < n && ::send(ch.fd.get(), p + first, n - first, MSG_NOSIGNAL) < 0 &&
@@ -494,6 +502,7 @@ private:
     std::atomic<std::uint64_t> requeued_{0};
     std::atomic<unsigned> refusals_left_{opts_.refuse_responses};
     std::atomic<unsigned> refused_{0};
+    std::atomic<std::size_t> read_size_{0}; // of the daemon's reads (reads_of); 0: unknown
 
     mutable std::mutex mutex_;
     std::vector<std::shared_ptr<chan>> channels_;
