@@ -137,7 +137,16 @@ kernel_debug_build() {
     kernel_progress "$dir/build/make.log" "$expected" "$start" &
     local progress=$!
     local rc=0
-    nice -n 19 make -C "$src" O="$dir/build" -j"$jobs" bzImage modules >"$dir/build/make.log" 2>&1 || rc=$?
+    # With autogroup scheduling (Debian's default), nice ranks processes only within
+    # one session: a test run in another session would get no more CPU than this build.
+    # So make runs in a session of its own whose autogroup is niced, and is stopped with
+    # us on Ctrl-C.
+    setsid bash -c 'echo 19 >/proc/self/autogroup 2>/dev/null; exec nice -n 19 make "$@"' make \
+        -C "$src" O="$dir/build" -j"$jobs" bzImage modules >"$dir/build/make.log" 2>&1 &
+    local make_pid=$!
+    trap 'kill -- -"$make_pid" 2>/dev/null' INT TERM
+    wait "$make_pid" || rc=$?
+    trap - INT TERM
     kill "$progress" 2>/dev/null
     wait "$progress" 2>/dev/null || true
     if [ "$rc" != 0 ]; then
