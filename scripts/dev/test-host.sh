@@ -122,6 +122,33 @@ CPP
     fi
 }
 
+# sanitizer_build DIR OPTIONS... -- TARGETS...: configure DIR with OPTIONS (again, if it
+# exists, so a changed option applies) and build only TARGETS: the test programs, not the
+# daemons, benchmarks and one-file-per-header checks that build/ has already compiled.
+sanitizer_build() {
+    local dir=$1 opts=() log
+    shift
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do
+        opts+=("$1")
+        shift
+    done
+    shift
+    log="$DEV_ROOT/$dir/ninja.log"
+    if [ -f "$DEV_ROOT/$dir/build.ninja" ]; then
+        meson configure "$DEV_ROOT/$dir" "${opts[@]}" >/dev/null ||
+            die "meson configure $dir failed"
+    else
+        say "configuring $dir"
+        meson setup "$DEV_ROOT/$dir" "$DEV_ROOT" "${opts[@]}" >/dev/null ||
+            die "meson setup $dir failed"
+    fi
+    say "building $dir ($*)"
+    ninja -C "$DEV_ROOT/$dir" "$@" >"$log" 2>&1 || {
+        tail -n 60 "$log" >&2
+        die "build of $dir failed (full log: $dir/ninja.log)"
+    }
+}
+
 host_tests() {
     meson_build build
     say "host tests (build/)"
@@ -131,11 +158,7 @@ host_tests() {
     # std::function in <regex>); the plain build keeps the warning.
     local asan_opts=(-Db_sanitize=address,undefined
         "-Dcpp_args=-fno-sanitize-recover=all -Wno-maybe-uninitialized")
-    if [ -f "$DEV_ROOT/build-asan/build.ninja" ]; then
-        meson configure "$DEV_ROOT/build-asan" "${asan_opts[@]}" >/dev/null ||
-            die "meson configure build-asan failed"
-    fi
-    meson_build build-asan "${asan_opts[@]}"
+    sanitizer_build build-asan "${asan_opts[@]}" -- "${HOST_TEST_PROGRAMS[@]%%:*}"
     say "host tests under ASan+UBSan (build-asan/)"
     local -x ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
     local -x UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
@@ -145,19 +168,7 @@ host_tests() {
     # GCC 12 warns that TSan does not model atomic_thread_fence, which liburing's
     # barriers use; the fences order memory shared with the kernel, not between threads.
     local tsan_opts=(-Db_sanitize=thread "-Dcpp_args=-Wno-maybe-uninitialized -Wno-tsan")
-    if [ -f "$DEV_ROOT/build-tsan/build.ninja" ]; then
-        meson configure "$DEV_ROOT/build-tsan" "${tsan_opts[@]}" >/dev/null ||
-            die "meson configure build-tsan failed"
-    else
-        say "configuring build-tsan"
-        meson setup "$DEV_ROOT/build-tsan" "$DEV_ROOT" "${tsan_opts[@]}" >/dev/null ||
-            die "meson setup build-tsan failed"
-    fi
-    say "building build-tsan (unit tests)"
-    ninja -C "$DEV_ROOT/build-tsan" tests/unit/dmuser-unit-tests >"$DEV_ROOT/build-tsan/ninja.log" 2>&1 || {
-        tail -n 60 "$DEV_ROOT/build-tsan/ninja.log" >&2
-        die "build of build-tsan failed (full log: build-tsan/ninja.log)"
-    }
+    sanitizer_build build-tsan "${tsan_opts[@]}" -- tests/unit/dmuser-unit-tests
     say "unit tests under TSan (build-tsan/)"
     local -x TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
     catch2_cases "$DEV_ROOT/build-tsan/tests/unit/dmuser-unit-tests" "unit (tsan)"

@@ -1,3 +1,0 @@
-// Catch2's main for the examples' host tests.
-#define CATCH_CONFIG_MAIN
-#include <catch2/catch.hpp>
