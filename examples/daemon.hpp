@@ -5,22 +5,33 @@
 // Signals are taken by the main thread, not by the server: on SIGINT/SIGTERM the device is
 // removed first, while the server still answers requests, and the server then stops by itself
 // when the module tells it the target is gone (ENOTBLK). A device that is still open (mounted)
-// cannot be removed; the daemon then says so and keeps serving until the next signal.
+// cannot be removed; the daemon then says so and keeps serving until the next signal. The
+// signals come through a signal_relay, so no thread needs to block them; the main thread
+// sleeps in poll() until a signal comes or the server ends.
 #pragma once
 
 #include "cli.hpp"
 #include "dmuser/block_store.hpp"
 #include "dmuser/device.hpp"
 #include "dmuser/server.hpp"
+#include "dmuser/signal_relay.hpp"
+#include "dmuser/unique_fd.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <fmt/format.h>
 #include <optional>
-#include <signal.h>
+#include <poll.h>
 #include <string>
+#include <sys/eventfd.h>
+#include <system_error>
 #include <thread>
+#include <unistd.h>
 
 namespace dmuser::examples {
 
@@ -130,13 +141,18 @@ int run_daemon(const char* prog, S& store, const DaemonOptions& o, const std::st
         say(*why);
         return 1;
     }
-    // Blocked before any thread starts, so every thread inherits the mask and only
-    // sigtimedwait below sees them.
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    // From here a signal is counted, not fatal: one that comes while the device is being
+    // made is acted on once it is served.
+    std::optional<signal_relay> signals;
+    unique_fd server_ended(::eventfd(0, EFD_CLOEXEC));
+    try {
+        signals.emplace();
+        if (!server_ended)
+            throw std::system_error(errno, std::system_category(), "eventfd");
+    } catch (const std::system_error& e) {
+        say(e.what());
+        return 1;
+    }
 
     UserTable table;
     table.name = o.name;
@@ -179,6 +195,8 @@ int run_daemon(const char* prog, S& store, const DaemonOptions& o, const std::st
             status = 1;
         }
         done = true;
+        const std::uint64_t one = 1;
+        [[maybe_unused]] ssize_t n = ::write(server_ended.get(), &one, sizeof one);
     });
 
     const auto started = std::chrono::steady_clock::now();
@@ -191,19 +209,35 @@ int run_daemon(const char* prog, S& store, const DaemonOptions& o, const std::st
         std::fflush(stdout);
     }
 
-    bool removed = false;
+    // Once the device is removed the server ends on ENOTBLK; stop() is the backstop if
+    // it never reads again.
+    constexpr auto backstop = std::chrono::seconds(5);
+    bool removed = false, stop_sent = false;
     std::chrono::steady_clock::time_point removed_at;
     while (!done) {
-        timespec tick{0, 200 * 1000 * 1000};
-        const int sig = sigtimedwait(&stop_signals, nullptr, &tick);
+        int timeout_ms = -1;
+        if (removed && !stop_sent) {
+            const auto left = removed_at + backstop - std::chrono::steady_clock::now();
+            timeout_ms = static_cast<int>(std::max<std::int64_t>(
+                0, std::chrono::duration_cast<std::chrono::milliseconds>(left).count() + 1));
+        }
+        pollfd fds[2] = {{signals->fd(), POLLIN, 0}, {server_ended.get(), POLLIN, 0}};
+        if (::poll(fds, 2, timeout_ms) < 0 && errno != EINTR) {
+            say(fmt::format("poll: {}; stopping", std::strerror(errno)));
+            srv.stop();
+            break;
+        }
+        const bool signalled = signals->take() > 0; // always drained: poll() must block again
         if (removed) {
-            // The server ends on ENOTBLK; stop() is the backstop if it never reads again.
-            if (std::chrono::steady_clock::now() - removed_at > std::chrono::seconds(5))
+            if (!stop_sent && std::chrono::steady_clock::now() - removed_at >= backstop) {
                 srv.stop();
+                stop_sent = true;
+            }
             continue;
         }
-        if (sig <= 0)
+        if (!signalled)
             continue;
+        const int sig = signal_relay::last_signal();
         if (auto ec = dev->remove()) {
             say(fmt::format("cannot remove {}: {}; still serving it (unmount or close it, then "
                             "signal again)",
