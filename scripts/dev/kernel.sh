@@ -113,6 +113,10 @@ kernel_debug_build() {
     fi
     [ "$(id -u)" -eq 0 ] || die "./dev kernel debug installs into $KERNEL_CACHE and /lib/modules: run it as root"
     need_pkgs "${KERNEL_BUILD_PKGS[@]}"
+    # The key holds linux-source-6.1's version, known only once the package is installed:
+    # a key made before would name a cache that the next run, finding it installed, misses.
+    key=$(kernel_debug_key)
+    dir="$KERNEL_CACHE/$key"
     mkdir -p "$KERNEL_CACHE"
     local lock
     exec {lock}>"$KERNEL_CACHE/build.lock"
