@@ -14,9 +14,12 @@
 // so does an exception, which is logged with its request.
 //
 // Members are called from every server thread at once when the server runs more than one:
-// a store shared by threads must be thread-safe for requests on different ranges.
+// a store shared by threads must be thread-safe for requests on different ranges. A member
+// may take a leading `request_context<...>&` (request_context.hpp): the request's flags
+// and seq, the serving thread, the stop, and the store's per-thread state.
 #pragma once
 
+#include "dmuser/request_context.hpp"
 #include "dmuser/task.hpp"
 
 #include <concepts>
@@ -32,35 +35,63 @@ template <typename R>
 concept store_result = std::same_as<R, void> || std::same_as<R, std::error_code> ||
     std::same_as<R, task<void>> || std::same_as<R, task<std::error_code>>;
 
+// Each operation may take the request's context first (request_context.hpp); both forms
+// are detected, and the one with the context is preferred.
 template <typename S>
-concept BlockStore = requires(S& s, std::uint64_t offset, std::span<std::byte> out,
-                              std::span<const std::byte> in) {
+concept BlockStore = requires(S& s) {
     { s.size() } -> std::convertible_to<std::uint64_t>;
-    { s.read(offset, out) } -> store_result;
-    { s.write(offset, in) } -> store_result;
-};
+}
+&&(
+    requires(S& s, std::uint64_t offset, std::span<std::byte> out) {
+        { s.read(offset, out) } -> store_result;
+    } ||
+    requires(S & s, context_for<S>& c, std::uint64_t offset, std::span<std::byte> out) {
+        { s.read(c, offset, out) } -> store_result;
+    }) &&
+    (
+        requires(S & s, std::uint64_t offset, std::span<const std::byte> in) {
+            { s.write(offset, in) } -> store_result;
+        } ||
+        requires(S & s, context_for<S>& c, std::uint64_t offset, std::span<const std::byte> in) {
+            { s.write(c, offset, in) } -> store_result;
+        });
 
 // Optional members. A store without flush() has no volatile cache: a flush succeeds at once.
 template <typename S>
 concept has_flush = requires(S& s) {
     { s.flush() } -> store_result;
+}
+|| requires(S& s, context_for<S>& c) {
+    { s.flush(c) } -> store_result;
 };
 template <typename S>
 concept has_discard = requires(S& s, std::uint64_t offset, std::uint64_t len) {
     { s.discard(offset, len) } -> store_result;
+}
+|| requires(S& s, context_for<S>& c, std::uint64_t offset, std::uint64_t len) {
+    { s.discard(c, offset, len) } -> store_result;
 };
 template <typename S>
 concept has_write_zeroes = requires(S& s, std::uint64_t offset, std::uint64_t len) {
     { s.write_zeroes(offset, len) } -> store_result;
+}
+|| requires(S& s, context_for<S>& c, std::uint64_t offset, std::uint64_t len) {
+    { s.write_zeroes(c, offset, len) } -> store_result;
 };
 template <typename S>
 concept has_secure_erase = requires(S& s, std::uint64_t offset, std::uint64_t len) {
     { s.secure_erase(offset, len) } -> store_result;
+}
+|| requires(S& s, context_for<S>& c, std::uint64_t offset, std::uint64_t len) {
+    { s.secure_erase(c, offset, len) } -> store_result;
 };
 // Native FUA: the SDK calls write_fua instead of write-then-flush for a FUA write.
 template <typename S>
 concept has_write_fua = requires(S& s, std::uint64_t offset, std::span<const std::byte> in) {
     { s.write_fua(offset, in) } -> store_result;
+}
+|| requires(S& s, context_for<S>& c, std::uint64_t offset, std::span<const std::byte> in) {
+    { s.write_fua(c, offset, in) } -> store_result;
 };
 // Zero-copy READ: a span of exactly len bytes that stays valid and unchanged (barring
 // concurrent writes to the same range) until the reply is written, or an empty span to
@@ -88,6 +119,13 @@ concept has_write_view = requires(S& s, std::uint64_t offset, std::uint64_t len)
 template <typename S>
 concept fills_reads = requires {
     requires static_cast<bool>(S::fills_reads);
+};
+
+// Per-thread state (request_context.hpp): made with open_thread(index) where the store has
+// it, else default-constructed.
+template <typename S>
+concept has_open_thread = requires(S& s, unsigned index) {
+    { s.open_thread(index) } -> std::same_as<thread_state_t<S>>;
 };
 
 } // namespace dmuser

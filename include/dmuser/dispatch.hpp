@@ -67,6 +67,59 @@ auto invoke_store(Call&& call) {
     }
 }
 
+// The store's members, called with the request's context where they take one.
+template <typename S>
+decltype(auto) call_read(S& s, context_for<S>& c, std::uint64_t off, std::span<std::byte> out) {
+    if constexpr (requires { s.read(c, off, out); })
+        return s.read(c, off, out);
+    else
+        return s.read(off, out);
+}
+template <typename S>
+decltype(auto) call_write(S& s, context_for<S>& c, std::uint64_t off,
+                          std::span<const std::byte> in) {
+    if constexpr (requires { s.write(c, off, in); })
+        return s.write(c, off, in);
+    else
+        return s.write(off, in);
+}
+template <typename S>
+decltype(auto) call_write_fua(S& s, context_for<S>& c, std::uint64_t off,
+                              std::span<const std::byte> in) {
+    if constexpr (requires { s.write_fua(c, off, in); })
+        return s.write_fua(c, off, in);
+    else
+        return s.write_fua(off, in);
+}
+template <typename S>
+decltype(auto) call_flush(S& s, context_for<S>& c) {
+    if constexpr (requires { s.flush(c); })
+        return s.flush(c);
+    else
+        return s.flush();
+}
+template <typename S>
+decltype(auto) call_discard(S& s, context_for<S>& c, std::uint64_t off, std::uint64_t len) {
+    if constexpr (requires { s.discard(c, off, len); })
+        return s.discard(c, off, len);
+    else
+        return s.discard(off, len);
+}
+template <typename S>
+decltype(auto) call_write_zeroes(S& s, context_for<S>& c, std::uint64_t off, std::uint64_t len) {
+    if constexpr (requires { s.write_zeroes(c, off, len); })
+        return s.write_zeroes(c, off, len);
+    else
+        return s.write_zeroes(off, len);
+}
+template <typename S>
+decltype(auto) call_secure_erase(S& s, context_for<S>& c, std::uint64_t off, std::uint64_t len) {
+    if constexpr (requires { s.secure_erase(c, off, len); })
+        return s.secure_erase(c, off, len);
+    else
+        return s.secure_erase(off, len);
+}
+
 inline constexpr std::size_t zero_chunk = 64 * 1024;
 inline const std::array<std::byte, zero_chunk> zeros{};
 
@@ -79,19 +132,20 @@ inline result to_result(std::error_code ec) {
 }
 
 template <BlockStore S>
-task<std::error_code> flush_store(S& store) {
+task<std::error_code> flush_store(S& store, context_for<S>& ctx) {
     if constexpr (has_flush<S>)
-        co_return co_await invoke_store([&] { return store.flush(); });
+        co_return co_await invoke_store([&] { return call_flush(store, ctx); });
     else
         co_return std::error_code{}; // no volatile cache: nothing to make durable
 }
 
 template <BlockStore S>
-task<std::error_code> write_zeroes_by_writes(S& store, std::uint64_t offset, std::uint64_t len) {
+task<std::error_code> write_zeroes_by_writes(S& store, context_for<S>& ctx, std::uint64_t offset,
+                                             std::uint64_t len) {
     while (len > 0) {
         std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(len, zero_chunk));
         std::span<const std::byte> chunk(zeros.data(), n);
-        if (auto ec = co_await invoke_store([&] { return store.write(offset, chunk); }))
+        if (auto ec = co_await invoke_store([&] { return call_write(store, ctx, offset, chunk); }))
             co_return ec;
         offset += n;
         len -= n;
@@ -100,30 +154,33 @@ task<std::error_code> write_zeroes_by_writes(S& store, std::uint64_t offset, std
 }
 
 template <BlockStore S>
-task<std::error_code> do_write(S& store, const request& req) {
+task<std::error_code> do_write(S& store, context_for<S>& ctx, const request& req) {
     if (req.has(DM_USER_REQ_MAP_FLAG_PREFLUSH))
-        if (auto ec = co_await flush_store(store))
+        if (auto ec = co_await flush_store(store, ctx))
             co_return ec;
     if (req.len == 0)
         co_return std::error_code{}; // a pure flush
     if (req.has(DM_USER_REQ_MAP_FLAG_FUA)) {
         if constexpr (has_write_fua<S>)
             co_return co_await invoke_store(
-                [&] { return store.write_fua(req.offset(), req.payload); });
-        if (auto ec = co_await invoke_store([&] { return store.write(req.offset(), req.payload); }))
+                [&] { return call_write_fua(store, ctx, req.offset(), req.payload); });
+        if (auto ec = co_await invoke_store(
+                [&] { return call_write(store, ctx, req.offset(), req.payload); }))
             co_return ec;
-        co_return co_await flush_store(store);
+        co_return co_await flush_store(store, ctx);
     }
-    co_return co_await invoke_store([&] { return store.write(req.offset(), req.payload); });
+    co_return co_await invoke_store(
+        [&] { return call_write(store, ctx, req.offset(), req.payload); });
 }
 
 } // namespace detail
 
 // Serves one checked request (see check_request). read_area has room for req.len bytes:
-// a READ lands there unless the store lends its own memory. Never throws: an exception
-// from the store is logged with the request and answered ERROR.
+// a READ lands there unless the store lends its own memory. ctx is what members that take
+// a context get (it must outlive the task). Never throws: an exception from the store is
+// logged with the request and answered ERROR.
 template <BlockStore S>
-task<reply> dispatch(S& store, request req, std::span<std::byte> read_area) {
+task<reply> dispatch(S& store, context_for<S>& ctx, request req, std::span<std::byte> read_area) {
     using namespace detail;
     std::error_code ec;
     reply out;
@@ -144,35 +201,36 @@ task<reply> dispatch(S& store, request req, std::span<std::byte> read_area) {
             if constexpr (!fills_reads<S>)
                 std::memset(read_area.data(), 0, req.len);
             ec = co_await invoke_store(
-                [&] { return store.read(req.offset(), read_area.first(req.len)); });
+                [&] { return call_read(store, ctx, req.offset(), read_area.first(req.len)); });
             if (!ec)
                 out.data = read_area.first(req.len);
             break;
         case DM_USER_REQ_MAP_WRITE:
-            ec = co_await do_write(store, req);
+            ec = co_await do_write(store, ctx, req);
             break;
         case DM_USER_REQ_MAP_FLUSH:
-            ec = co_await flush_store(store);
+            ec = co_await flush_store(store, ctx);
             break;
         case DM_USER_REQ_MAP_DISCARD:
             if constexpr (has_discard<S>)
-                ec = co_await invoke_store([&] { return store.discard(req.offset(), req.len); });
+                ec = co_await invoke_store(
+                    [&] { return call_discard(store, ctx, req.offset(), req.len); });
             else
                 ec = std::make_error_code(std::errc::operation_not_supported);
             break;
         case DM_USER_REQ_MAP_SECURE_ERASE:
             if constexpr (has_secure_erase<S>)
                 ec = co_await invoke_store(
-                    [&] { return store.secure_erase(req.offset(), req.len); });
+                    [&] { return call_secure_erase(store, ctx, req.offset(), req.len); });
             else
                 ec = std::make_error_code(std::errc::operation_not_supported);
             break;
         case DM_USER_REQ_MAP_WRITE_ZEROES:
             if constexpr (has_write_zeroes<S>)
                 ec = co_await invoke_store(
-                    [&] { return store.write_zeroes(req.offset(), req.len); });
+                    [&] { return call_write_zeroes(store, ctx, req.offset(), req.len); });
             else
-                ec = co_await write_zeroes_by_writes(store, req.offset(), req.len);
+                ec = co_await write_zeroes_by_writes(store, ctx, req.offset(), req.len);
             break;
         default:
             ec = std::make_error_code(std::errc::operation_not_supported);
@@ -189,6 +247,14 @@ task<reply> dispatch(S& store, request req, std::span<std::byte> read_area) {
             log::debug("{}: {}", describe(req), ec.message());
     }
     co_return out;
+}
+
+// For a store without per-thread state: a context with the request's own fields.
+template <BlockStore S>
+requires std::is_void_v<thread_state_t<S>> task<reply> dispatch(S& store, request req,
+                                                                std::span<std::byte> read_area) {
+    request_context<> ctx(request_info{.seq = req.seq, .type = req.type, .flags = req.flags});
+    co_return co_await dispatch(store, ctx, req, read_area);
 }
 
 } // namespace dmuser

@@ -18,6 +18,7 @@
 #include <initializer_list>
 #include <liburing.h>
 #include <mutex>
+#include <poll.h>
 #include <span>
 #include <stdexcept>
 #include <sys/eventfd.h>
@@ -243,9 +244,12 @@ public:
     ring& operator=(const ring&) = delete;
 
     // Closes: cancels what is still in flight and waits for its CQEs, so no buffer is
-    // written after its owner is gone, then closes the ring. Bounded (see shut_down()).
+    // written after its owner is gone, then closes the ring. Bounded (see shut_down()),
+    // except that it waits for the hand-offs announced (expect_hand_off): another thread
+    // still holds their frames.
     ~ring() {
         shut_down();
+        await_hand_offs();
         io_uring_queue_exit(&ring_);
         // Unlink from this thread's chain of rings wherever we are in it: rings need not
         // be destroyed in the reverse order of their making.
@@ -401,6 +405,39 @@ public:
         }
         std::uint64_t one = 1;
         [[maybe_unused]] auto n = ::write(wake_fd_.get(), &one, sizeof one);
+    }
+
+    // --- completions from other threads --------------------------------------------
+    // For awaitables that another thread completes (remote_completion.hpp,
+    // thread_pool.hpp, the async locks). On this ring's thread, before the awaiting
+    // coroutine can be handed back, announce that it will be: expect_hand_off(). Then, from
+    // any thread, hand_off(c) makes c ready here: its on_complete runs on this ring's thread
+    // in a later turn. No allocation; at most one eventfd write per burst of hand-offs. The
+    // ring's destruction waits for every hand-off announced, since the threads that will
+    // make them still name the awaiting frames.
+    void expect_hand_off() noexcept { ++hand_offs_expected_; }
+    // Withdraws an announcement whose hand-off will not come (the work ended first).
+    void hand_off_not_coming() noexcept { --hand_offs_expected_; }
+    void hand_off(completion& c) noexcept {
+        if (current() == this) {
+            --hand_offs_expected_;
+            make_ready(c);
+            return;
+        }
+        // The ring may finish its destruction once it has taken c; it waits while a
+        // hand-off is between publishing c and waking it.
+        hand_offs_posting_.fetch_add(1, std::memory_order_seq_cst);
+        completion* head = handed_off_.load(std::memory_order_relaxed);
+        do
+            c.next_ready = head;
+        while (!handed_off_.compare_exchange_weak(head, &c, std::memory_order_release,
+                                                  std::memory_order_relaxed));
+        if (!head) {
+            // The list was empty, so no wake-up is on its way yet.
+            std::uint64_t one = 1;
+            [[maybe_unused]] auto n = ::write(wake_fd_.get(), &one, sizeof one);
+        }
+        hand_offs_posting_.fetch_sub(1, std::memory_order_seq_cst);
     }
 
     // Operations whose CQE has not been reaped (including the ring's own wake-up read).
@@ -615,6 +652,7 @@ private:
         constexpr unsigned max_idle_rounds = 64;
         unsigned idle_rounds = 0, found_nothing = 0;
         while (in_flight_ > 0 || ready_head_) {
+            take_hand_offs();
             if (in_flight_ == 0) {
                 if (++idle_rounds > max_idle_rounds)
                     return;
@@ -661,8 +699,52 @@ private:
         io_uring_prep_read(&prepared, wake_fd_.get(), &wake_count_, sizeof wake_count_, 0);
         submit(wake_, prepared);
     }
+    // Makes ready, in the order they came, the completions other threads handed off.
+    void take_hand_offs() noexcept {
+        completion* c = handed_off_.exchange(nullptr, std::memory_order_acquire);
+        completion* in_order = nullptr;
+        while (c) {
+            completion* next = c->next_ready;
+            c->next_ready = in_order;
+            in_order = c;
+            c = next;
+        }
+        while (in_order) {
+            completion* next = in_order->next_ready;
+            --hand_offs_expected_;
+            make_ready(*in_order);
+            in_order = next;
+        }
+    }
+    // The end of shut_down: waits for every hand-off announced (and for each hand_off()
+    // call to be done with this ring), resuming the coroutines they complete. The wake-up
+    // read is no longer armed, so the eventfd is polled directly.
+    void await_hand_offs() noexcept {
+        auto since = std::chrono::steady_clock::now();
+        while (hand_offs_expected_ > 0) {
+            take_hand_offs();
+            run_ready();
+            if (hand_offs_expected_ == 0)
+                break;
+            pollfd p{wake_fd_.get(), POLLIN, 0};
+            if (::poll(&p, 1, 100) > 0) {
+                std::uint64_t count;
+                [[maybe_unused]] auto n = ::read(wake_fd_.get(), &count, sizeof count);
+            }
+            if (std::chrono::steady_clock::now() - since > std::chrono::seconds(10)) {
+                log::warn("dmuser::ring: closing, still waiting for {} completions from other "
+                          "threads",
+                          hand_offs_expected_);
+                since = std::chrono::steady_clock::now();
+            }
+        }
+        while (hand_offs_posting_.load(std::memory_order_seq_cst) > 0)
+            std::this_thread::yield();
+    }
+
     static void on_wake(completion* c) noexcept {
         ring* self = static_cast<wake_completion*>(c)->owner;
+        self->take_hand_offs();
         std::vector<std::function<void()>> work;
         {
             std::lock_guard lock(self->posted_mutex_);
@@ -710,6 +792,10 @@ private:
     std::uint64_t wake_count_ = 0;
     std::mutex posted_mutex_;
     std::vector<std::function<void()>> posted_;
+    // hand_off(): a stack other threads push onto (linked by next_ready), taken whole.
+    std::atomic<completion*> handed_off_{nullptr};
+    std::atomic<unsigned> hand_offs_posting_{0};
+    unsigned hand_offs_expected_ = 0;
 };
 
 template <typename Prepare>

@@ -23,6 +23,7 @@
 #include "dmuser/dispatch.hpp"
 #include "dmuser/log.hpp"
 #include "dmuser/protocol.hpp"
+#include "dmuser/request_context.hpp"
 #include "dmuser/ring.hpp"
 #include "dmuser/signal_relay.hpp"
 #include "dmuser/spawn.hpp"
@@ -44,7 +45,9 @@
 #include <sys/prctl.h>
 #include <sys/uio.h>
 #include <thread>
+#include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #ifndef PR_SET_IO_FLUSHER
@@ -162,15 +165,24 @@ private:
         int read_flags = 0; // RWF_NOWAIT, until the file refuses it
     };
     struct worker {
-        ring* r = nullptr;       // this thread's ring, for its coroutines
-        ring* mailbox = nullptr; // the same while other threads may post to it (mutex_)
+        ring* r = nullptr;            // this thread's ring, for its coroutines
+        ring* mailbox = nullptr;      // the same while other threads may post to it (mutex_)
         bool stopping = false;        // no new reads
         bool reads_cancelled = false; // stop_worker has cancelled the waiting reads
         bool deadline_armed = false;
         bool gave_up = false; // the stop deadline passed with requests unanswered
         unsigned live = 0;    // slot loops still running
+        unsigned index = 0;   // 0 .. threads - 1
+        // When a stop gives up on the store's requests (request_info::deadline()).
+        std::chrono::steady_clock::time_point give_up_at =
+            std::chrono::steady_clock::time_point::max();
         std::vector<channel*> channels;
         thread_stats stats;
+        // The store's state for this thread (request_context.hpp), alive from before the
+        // first read until after the ring has ended every request.
+        [[no_unique_address]] std::conditional_t<std::is_void_v<thread_state_t<S>>, std::monostate,
+                                                 std::optional<thread_state_t<S>>>
+            state;
     };
 
     void request_stop(bool failed) {
@@ -211,11 +223,14 @@ private:
         if (w.deadline_armed || opts_.stop_deadline.count() <= 0)
             return;
         w.deadline_armed = true;
+        w.give_up_at = std::chrono::steady_clock::now() + opts_.stop_deadline;
         spawn(give_up_after_deadline(w), "stop deadline");
     }
     void close_channels();
 
     void thread_main(unsigned index, signal_relay* signals);
+    void open_thread_state(worker& w);
+    context_for<S> make_context(worker& w);
     task<void> slot_loop(worker& w, channel& ch, slot& s);
     task<bool> read_whole(worker& w, channel& ch, slot& s, request& req);
     task<bool> read_stream(worker& w, channel& ch, slot& s, request& req);

@@ -93,8 +93,10 @@ int server<S>::run() {
     channels_open_ = channels_.size();
     {
         std::lock_guard lock(mutex_);
-        for (unsigned t = 0; t < opts_.threads; ++t)
+        for (unsigned t = 0; t < opts_.threads; ++t) {
             workers_.push_back(std::make_unique<worker>());
+            workers_.back()->index = t;
+        }
         for (std::size_t c = 0; c < channels_.size(); ++c)
             workers_[c % opts_.threads]->channels.push_back(channels_[c].get());
     }
@@ -181,6 +183,7 @@ void server<S>::thread_main(unsigned index, signal_relay* signals) {
             if (stop_now)
                 w.stopping = true;
         }
+        open_thread_state(w);
         for (channel* ch : w.channels)
             for (auto& s : ch->slots) {
                 ++w.live;
@@ -206,6 +209,34 @@ void server<S>::thread_main(unsigned index, signal_relay* signals) {
         log::error("server thread {}: {}", index, describe(std::current_exception()));
         request_stop(true);
     }
+    // The ring is gone, and with it every request of this thread: the state may go too.
+    if constexpr (!std::is_void_v<thread_state_t<S>>)
+        w.state.reset();
+}
+
+template <BlockStore S>
+void server<S>::open_thread_state([[maybe_unused]] worker& w) {
+    using state_type = thread_state_t<S>;
+    if constexpr (has_open_thread<S>) {
+        w.state.emplace(store_.open_thread(w.index));
+    } else if constexpr (!std::is_void_v<state_type>) {
+        static_assert(std::is_default_constructible_v<state_type>,
+                      "a store's thread_state needs a default constructor, or the store an "
+                      "open_thread(unsigned index) that makes one");
+        w.state.emplace();
+    }
+}
+
+template <BlockStore S>
+context_for<S> server<S>::make_context(worker& w) {
+    request_info info;
+    info.thread = w.index;
+    info.stopping_ = &w.stopping;
+    info.deadline_ = &w.give_up_at;
+    if constexpr (std::is_void_v<thread_state_t<S>>)
+        return request_context<>(info);
+    else
+        return context_for<S>(info, *w.state);
 }
 
 template <BlockStore S>
@@ -527,6 +558,7 @@ template <BlockStore S>
 task<void> server<S>::slot_loop(worker& w, channel& ch, slot& s) {
     try {
         request req;
+        context_for<S> ctx = make_context(w);
         while (!w.stopping) {
             bool got = whole_messages_ ? co_await read_whole(w, ch, s, req)
                                        : co_await read_stream(w, ch, s, req);
@@ -543,7 +575,10 @@ task<void> server<S>::slot_loop(worker& w, channel& ch, slot& s) {
                 reject(w, why, &req);
                 rep.status = result::error;
             } else {
-                rep = co_await dispatch(store_, req, std::span(s.buffer.get(), s.capacity));
+                ctx.seq = req.seq;
+                ctx.type = req.type;
+                ctx.flags = req.flags;
+                rep = co_await dispatch(store_, ctx, req, std::span(s.buffer.get(), s.capacity));
             }
             bool sent = co_await send(w, ch, s, req, rep);
             w.stats.request_finished(req.type, req.len, !sent || rep.status != result::success);
