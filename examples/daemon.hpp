@@ -1,37 +1,21 @@
-// daemon.hpp: what every example daemon does around its store: the common options, the
-// device's life (create or adopt, remove on SIGINT/SIGTERM), the server on its own thread, a
-// one-line reason for every failure, and the closing stats.
-//
-// Signals are taken by the main thread, not by the server: on SIGINT/SIGTERM the device is
-// removed first, while the server still answers requests, and the server then stops by itself
-// when the module tells it the target is gone (ENOTBLK). A device that is still open (mounted)
-// cannot be removed; the daemon then says so and keeps serving until the next signal. The
-// signals come through a signal_relay, so no thread needs to block them; the main thread
-// sleeps in poll() until a signal comes or the server ends.
+// daemon.hpp: what every example daemon does around its store: the common options and their
+// help, and a one-line reason for every failure. The device's life (create or adopt, serve,
+// remove on SIGINT/SIGTERM, in that order) is the SDK's dmuser::serve_device.
 #pragma once
 
 #include "cli.hpp"
 #include "dmuser/block_store.hpp"
 #include "dmuser/device.hpp"
-#include "dmuser/server.hpp"
+#include "dmuser/serve_device.hpp"
 #include "dmuser/signal_relay.hpp"
-#include "dmuser/unique_fd.hpp"
 
-#include <algorithm>
-#include <atomic>
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <fmt/format.h>
 #include <optional>
-#include <poll.h>
 #include <string>
-#include <sys/eventfd.h>
 #include <system_error>
-#include <thread>
-#include <unistd.h>
 
 namespace dmuser::examples {
 
@@ -44,8 +28,8 @@ struct DaemonOptions {
     unsigned depth = 32;
     unsigned poll_us = 100; // busy polling before a thread sleeps
     std::uint64_t max_payload = 0;
-    bool attach = false;    // serve an existing device (left by a daemon that died)
-    bool read_only = false; // the device itself is read-only
+    bool attach = false;      // serve an existing device (left by a daemon that died)
+    bool read_only = false;   // the device itself is read-only
     bool lock_memory = false; // mlockall: never page the daemon out under memory pressure
     bool io_flusher = true;   // PR_SET_IO_FLUSHER: its allocations do not wait for writeback
 };
@@ -128,8 +112,8 @@ inline std::optional<std::string> size_problem(std::uint64_t bytes) {
 }
 
 // Creates (or adopts) the device for `store`, serves it until a signal removes it or it is
-// removed from outside, and returns the exit status. `what` describes the store for the
-// startup line ("256 MiB of memory").
+// removed from outside (dmuser::serve_device), and returns the exit status. `what` describes
+// the store for the startup line ("256 MiB of memory").
 template <BlockStore S>
 int run_daemon(const char* prog, S& store, const DaemonOptions& o, const std::string& what) {
     auto say = [prog](const std::string& line) { fmt::print(stderr, "{}: {}\n", prog, line); };
@@ -141,120 +125,37 @@ int run_daemon(const char* prog, S& store, const DaemonOptions& o, const std::st
         say(*why);
         return 1;
     }
-    // From here a signal is counted, not fatal: one that comes while the device is being
-    // made is acted on once it is served.
+    device_options d;
+    d.name = o.name;
+    d.control = o.control;
+    d.attach = o.attach;
+    d.read_only = o.read_only;
+    d.max_payload = o.max_payload;
+    d.server.threads = o.threads;
+    d.server.channels = o.channels;
+    d.server.depth = o.depth;
+    d.server.busy_poll = std::chrono::microseconds(o.poll_us);
+    d.server.lock_memory = o.lock_memory;
+    d.server.io_flusher = o.io_flusher;
+    d.server.stats_interval = std::chrono::seconds(o.stats_secs);
+    d.on_ready = [&](const Device& dev, std::size_t channels) {
+        fmt::print("{}: serving {} ({}) from {}, {} channel(s) on {} thread(s)\n", prog, dev.path(),
+                   human_size(store.size()), what, channels, o.threads);
+        std::fflush(stdout);
+    };
+    // A signal from here on is counted, and acted on once the device serves.
     std::optional<signal_relay> signals;
-    unique_fd server_ended(::eventfd(0, EFD_CLOEXEC));
-    try {
-        signals.emplace();
-        if (!server_ended)
-            throw std::system_error(errno, std::system_category(), "eventfd");
-    } catch (const std::system_error& e) {
-        say(e.what());
-        return 1;
-    }
-
-    UserTable table;
-    table.name = o.name;
-    table.control = o.control;
-    table.sectors = store.size() / 512;
-    table.read_only = o.read_only;
-    table.max_payload = o.max_payload;
-    table.no_flush = !has_flush<S> && !has_write_fua<S>;
-    table.no_discard = !has_discard<S>;
-    table.no_secure_erase = !has_secure_erase<S>;
     std::optional<Device> dev;
     try {
-        dev.emplace(o.attach ? Device::adopt(table) : Device::create(table));
+        signals.emplace();
+        dev.emplace(open_device(store, d));
     } catch (const std::system_error& e) {
         say(e.code() == std::errc::file_exists && !o.attach
                 ? fmt::format("{} (--attach serves an existing device)", e.what())
                 : e.what());
         return 1;
     }
-
-    device_channels source(table.control_name());
-    server_options so;
-    so.name = table.control_name();
-    so.threads = o.threads;
-    so.channels = o.channels;
-    so.depth = o.depth;
-    so.busy_poll = std::chrono::microseconds(o.poll_us);
-    so.handle_signals = false;
-    so.lock_memory = o.lock_memory;
-    so.io_flusher = o.io_flusher;
-    so.stats_interval = std::chrono::seconds(o.stats_secs);
-    server<S> srv(store, source, so);
-    std::atomic<bool> done{false};
-    int status = 1;
-    std::thread runner([&] {
-        try {
-            status = srv.run();
-        } catch (const std::exception& e) {
-            say(fmt::format("server: {}", e.what()));
-            status = 1;
-        }
-        done = true;
-        const std::uint64_t one = 1;
-        [[maybe_unused]] ssize_t n = ::write(server_ended.get(), &one, sizeof one);
-    });
-
-    const auto started = std::chrono::steady_clock::now();
-    while (!srv.ready() && !done &&
-           std::chrono::steady_clock::now() - started < std::chrono::seconds(30))
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    if (srv.ready()) {
-        fmt::print("{}: serving {} ({}) from {}, {} channel(s) on {} thread(s)\n", prog,
-                   dev->path(), human_size(store.size()), what, srv.channels_open(), o.threads);
-        std::fflush(stdout);
-    }
-
-    // Once the device is removed the server ends on ENOTBLK; stop() is the backstop if
-    // it never reads again.
-    constexpr auto backstop = std::chrono::seconds(5);
-    bool removed = false, stop_sent = false;
-    std::chrono::steady_clock::time_point removed_at;
-    while (!done) {
-        int timeout_ms = -1;
-        if (removed && !stop_sent) {
-            const auto left = removed_at + backstop - std::chrono::steady_clock::now();
-            timeout_ms = static_cast<int>(std::max<std::int64_t>(
-                0, std::chrono::duration_cast<std::chrono::milliseconds>(left).count() + 1));
-        }
-        pollfd fds[2] = {{signals->fd(), POLLIN, 0}, {server_ended.get(), POLLIN, 0}};
-        if (::poll(fds, 2, timeout_ms) < 0 && errno != EINTR) {
-            say(fmt::format("poll: {}; stopping", std::strerror(errno)));
-            srv.stop();
-            break;
-        }
-        const bool signalled = signals->take() > 0; // always drained: poll() must block again
-        if (removed) {
-            if (!stop_sent && std::chrono::steady_clock::now() - removed_at >= backstop) {
-                srv.stop();
-                stop_sent = true;
-            }
-            continue;
-        }
-        if (!signalled)
-            continue;
-        const int sig = signal_relay::last_signal();
-        if (auto ec = dev->remove()) {
-            say(fmt::format("cannot remove {}: {}; still serving it (unmount or close it, then "
-                            "signal again)",
-                            dev->path(), ec.message()));
-            continue;
-        }
-        removed = true;
-        removed_at = std::chrono::steady_clock::now();
-        say(fmt::format("{}: removed {}", strsignal(sig), dev->path()));
-    }
-    runner.join();
-    if (!removed && dev->remove())
-        say(fmt::format("{} could not be removed", dev->path()));
-    const auto stats = srv.stats();
-    say(fmt::format("stopped; {} requests served, {} failed", stats.total_requests(),
-                    stats.total_errors()));
-    return status;
+    return serve_device(store, *dev, std::move(d), &*signals);
 }
 
 } // namespace dmuser::examples

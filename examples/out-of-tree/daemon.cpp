@@ -5,7 +5,6 @@
 //   g++ -O2 daemon.cpp -o my-ramdisk $(pkg-config --cflags --libs dmuser)
 //   ./my-ramdisk NAME SIZE_MIB
 #include <cstring>
-#include <dmuser/device.hpp>
 #include <dmuser/dmuser.hpp>
 #include <string>
 #include <vector>
@@ -27,18 +26,11 @@ int main(int argc, char** argv) {
         fmt::print(stderr, "usage: {} NAME SIZE_MIB\n", argv[0]);
         return 2;
     }
-    try {
-        ramdisk disk{std::vector<std::byte>(std::stoull(argv[2]) << 20)};
-        dmuser::UserTable table;
-        table.name = argv[1];
-        table.sectors = disk.size() / 512;
-        table.no_flush = table.no_discard = table.no_secure_erase = true;
-        auto device = dmuser::Device::create(table); // removed when it goes out of scope
-        fmt::print("serving {}\n", device.path());
+    ramdisk disk{std::vector<std::byte>(std::stoull(argv[2]) << 20)};
+    dmuser::device_options o{.name = argv[1], .server = {.threads = 2}};
+    o.on_ready = [](const dmuser::Device& dev, std::size_t) {
+        fmt::print("serving {}\n", dev.path());
         std::fflush(stdout);
-        return dmuser::serve(disk, {.name = table.control_name(), .threads = 2});
-    } catch (const std::exception& e) {
-        fmt::print(stderr, "{}: {}\n", argv[0], e.what());
-        return 1;
-    }
+    };
+    return dmuser::serve_device(disk, std::move(o));
 }

@@ -1,6 +1,8 @@
 // dmuser/dmuser.hpp: the whole SDK. See README.md in this folder.
 #pragma once
 
+#include "dmuser/async_mutex.hpp"
+#include "dmuser/async_semaphore.hpp"
 #include "dmuser/block_store.hpp"
 #include "dmuser/channel_source.hpp"
 #include "dmuser/device.hpp"
@@ -9,9 +11,15 @@
 #include "dmuser/frame_allocator.hpp"
 #include "dmuser/log.hpp"
 #include "dmuser/protocol.hpp"
+#include "dmuser/range_lock.hpp"
+#include "dmuser/remote_completion.hpp"
+#include "dmuser/request_context.hpp"
 #include "dmuser/ring.hpp"
+#include "dmuser/serve_device.hpp"
 #include "dmuser/server.hpp"
 #include "dmuser/spawn.hpp"
 #include "dmuser/stats.hpp"
 #include "dmuser/task.hpp"
+#include "dmuser/thread_pool.hpp"
 #include "dmuser/unique_fd.hpp"
+#include "dmuser/when_all.hpp"

@@ -80,6 +80,9 @@ struct server_options {
     // gives up on those requests (they are cancelled on the ring) and returns 1.
     std::chrono::milliseconds stop_deadline = std::chrono::seconds(30);
     std::chrono::milliseconds stats_interval{0}; // log stats this often; 0 = never
+    // Called once, on a server thread, when every thread's channels are reading (ready()
+    // turns true): to announce the device, or tell a supervisor. It must not block.
+    std::function<void()> on_ready{};
     // Starts each server thread past the first (which is run()'s own); empty: std::thread.
     // For pinning or naming threads, and for tests that make a start fail.
     std::function<std::thread(std::function<void()>)> start_thread{};

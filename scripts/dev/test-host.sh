@@ -106,14 +106,15 @@ CPP
     else
         t_fail "examples: out-of-tree device daemon builds with pkg-config dmuser (see build/install-test.log)"
     fi
-    # The README's own ramdisk, exactly as printed there, stays within 40 lines and builds.
-    name="readme: the 'Write your own daemon' ramdisk builds out of tree in <= 40 lines"
+    # The README's own ramdisk, exactly as printed there, stays within 30 lines and builds;
+    # tests/vm/examples-out-of-tree.sh serves a device with it.
+    name="readme: the 'Write your own daemon' ramdisk builds out of tree in <= 30 lines"
     awk '/^## Write your own daemon/ {s = 1} s && /^```cpp/ {c = 1; next} c && /^```/ {exit} c' \
         "$DEV_ROOT/README.md" >"$prefix/readme-ramdisk.cpp"
     local lines
     lines=$(grep -c . "$prefix/readme-ramdisk.cpp" || true)
     # shellcheck disable=SC2086
-    if [ "$lines" -gt 0 ] && [ "$lines" -le 40 ] &&
+    if [ "$lines" -gt 0 ] && [ "$lines" -le 30 ] &&
         g++ -Wall -Wextra -Werror -O1 "$prefix/readme-ramdisk.cpp" -o "$prefix/readme-ramdisk" \
             $flags >>"$log" 2>&1; then
         t_pass "$name ($lines lines)"

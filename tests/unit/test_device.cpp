@@ -2,9 +2,12 @@
 // line. The answers the kernel would write are laid out here by hand, as drivers/md/dm-ioctl.c
 // writes them (status records count `next` from the first record, version records from their own).
 #include "dmuser/device.hpp"
+#include "dmuser/serve_device.hpp"
 
 #include <catch2/catch.hpp>
 #include <cstring>
+#include <string>
+#include <vector>
 
 using dmuser::UserTable;
 using dmuser::UserTargetStatus;
@@ -264,4 +267,48 @@ TEST_CASE("status lines parse into counters, values and words", "[device][status
     CHECK(s.words[0] == "v2.0.0");
     CHECK(s.words[1] == "=odd");
     CHECK(UserTargetStatus::parse("").counters.empty());
+}
+
+namespace {
+struct plain_store {
+    std::uint64_t bytes = 1 << 20;
+    std::uint64_t size() const { return bytes; }
+    void read(std::uint64_t, std::span<std::byte>) {}
+    void write(std::uint64_t, std::span<const std::byte>) {}
+};
+struct full_store : plain_store {
+    void flush() {}
+    void discard(std::uint64_t, std::uint64_t) {}
+    void secure_erase(std::uint64_t, std::uint64_t) {}
+};
+std::vector<std::string> device_log;
+void keep(dmuser::log::level, std::string_view line) {
+    device_log.emplace_back(line);
+}
+} // namespace
+
+TEST_CASE("serve_device's table turns off what the store cannot do", "[device][serve]") {
+    dmuser::device_options o{.name = "d", .control = "c", .read_only = true};
+    UserTable plain = dmuser::table_for(plain_store{}, o);
+    CHECK(plain.sectors == 2048);
+    CHECK(plain.read_only);
+    CHECK(plain.control_name() == "c");
+    CHECK(plain.options() == std::vector<std::string>{"no_flush", "no_discard", "no_secure_erase"});
+    CHECK(dmuser::table_for(full_store{}, o).options().empty());
+}
+
+TEST_CASE("serve_device refuses bad input in one line, before any ioctl", "[device][serve]") {
+    auto old = dmuser::log::set_sink(&keep);
+    plain_store odd{1000};
+    device_log.clear();
+    CHECK(dmuser::serve_device(odd, {.name = "odd"}) == 1);
+    REQUIRE(device_log.size() == 1);
+    CHECK(device_log[0].find("not a multiple of 512") != std::string::npos);
+    plain_store ok;
+    device_log.clear();
+    CHECK(dmuser::serve_device(ok, {}) == 1);
+    REQUIRE(device_log.size() == 1);
+    CHECK(device_log[0].find("needs a name") != std::string::npos);
+    CHECK_THROWS_AS(dmuser::open_device(plain_store{0}, {.name = "zero"}), std::system_error);
+    dmuser::log::set_sink(old);
 }

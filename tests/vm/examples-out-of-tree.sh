@@ -14,5 +14,18 @@ t_out_of_tree() {
     ex_stop oot oot
 }
 
+# The README's ramdisk, as printed there (scripts/dev/test-host.sh extracts and builds it):
+# it makes the device itself, with no dmsetup line, and removes it on SIGTERM.
+t_readme_ramdisk() {
+    local bin=${VMT_BUILD:-$DEV_ROOT/build}/install-test/readme-ramdisk
+    [ -x "$bin" ] || fail "no $bin: ./dev test host (or ./dev test) builds it from README.md"
+    echo rrd >>"$VMT_DEVICES_FILE"
+    daemon_start rrd "$bin" rrd 64
+    ex_wait_ready rrd rrd
+    ex_ext4 /dev/mapper/rrd
+    ex_stop rrd rrd
+}
+
 vm_test out-of-tree-daemon t_out_of_tree 180
+vm_test readme-ramdisk t_readme_ramdisk 300
 vm_tests_run

@@ -195,7 +195,14 @@ void server<S>::thread_main(unsigned index, signal_relay* signals) {
             spawn(watch_signals(w, *signals), "signal watcher");
         if (index == 0 && opts_.stats_interval.count() > 0)
             spawn(print_stats(w), "stats printer");
-        ++ready_threads_;
+        if (++ready_threads_ == opts_.threads && opts_.on_ready) {
+            try {
+                opts_.on_ready();
+            } catch (...) {
+                log::error("server_options::on_ready threw: {}",
+                           describe(std::current_exception()));
+            }
+        }
         try {
             while (w.live > 0 && !w.gave_up)
                 r.run_once(true);
