@@ -8,6 +8,7 @@
 #include "dmuser/device.hpp"
 #include "dmuser/serve_device.hpp"
 #include "dmuser/signal_relay.hpp"
+#include "filter_cli.hpp"
 
 #include <chrono>
 #include <cstdint>
@@ -16,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <system_error>
+#include <vector>
 
 namespace dmuser::examples {
 
@@ -32,6 +34,7 @@ struct DaemonOptions {
     bool read_only = false;   // the device itself is read-only
     bool lock_memory = false; // mlockall: never page the daemon out under memory pressure
     bool io_flusher = true;   // PR_SET_IO_FLUSHER: its allocations do not wait for writeback
+    std::vector<std::string> filters; // --filter specs, outermost first (filter_cli.hpp)
 };
 
 inline constexpr const char* common_help = R"(Device options (every daemon):
@@ -56,6 +59,18 @@ inline constexpr const char* common_help = R"(Device options (every daemon):
   --no-io-flusher    do not set PR_SET_IO_FLUSHER (set by default: the kernel then does
                      not make the daemon's allocations wait for the writeback it serves)
   -h, --help         this text
+
+Filters (any number, the first given is the outermost):
+  --filter read-only                  refuse writes; the device is made read-only
+  --filter offset:offset=SIZE,length=SIZE   serve a window of the store
+  --filter offset:partition=N         serve partition N of an MBR or GPT disk
+  --filter delay:OP=TIME[-TIME],...   wait before OP (read, write, flush, discard,
+                                      write_zeroes, secure_erase, all); a range: random
+  --filter error:KEY=VALUE,...        fail operations: op=OP[+OP...] rate=P (0..1)
+                                      from=SIZE to=SIZE trigger=FILE errno=N seed=N
+  --filter retry:attempts=N,backoff=TIME,op=OP[+OP...]   retry failed operations
+  --filter stats[:file=PATH]          per-op counts and latency (p50, p99, max) at exit
+TIME: 250us, 5ms, 1s. SIZE: bytes, or with K/M/G/T.
 
 SIGINT or SIGTERM removes the device and exits 0. A device still open (mounted) is kept
 and served on; the daemon says so and tries again at the next signal.
@@ -91,7 +106,9 @@ inline bool parse_common_option(ArgWalker& args, DaemonOptions& o) {
             throw std::invalid_argument(
                 fmt::format("--max-payload '{}': expected a multiple of 4K up to 64M", *v));
         o.max_payload = *n;
-    } else if (args.flag("--attach"))
+    } else if (auto v = args.value("--filter"))
+        o.filters.emplace_back(*v);
+    else if (args.flag("--attach"))
         o.attach = true;
     else if (args.flag("--mlock"))
         o.lock_memory = true;
@@ -115,12 +132,29 @@ inline std::optional<std::string> size_problem(std::uint64_t bytes) {
 // removed from outside (dmuser::serve_device), and returns the exit status. `what` describes
 // the store for the startup line ("256 MiB of memory").
 template <BlockStore S>
+int serve_store(const char* prog, S& store, const DaemonOptions& o, const std::string& what);
+
+template <BlockStore S>
 int run_daemon(const char* prog, S& store, const DaemonOptions& o, const std::string& what) {
-    auto say = [prog](const std::string& line) { fmt::print(stderr, "{}: {}\n", prog, line); };
     if (o.name.empty()) {
-        say("--name is required (see --help)");
+        fmt::print(stderr, "{}: --name is required (see --help)\n", prog);
         return 2;
     }
+    if (o.filters.empty())
+        return serve_store(prog, store, o, what);
+    try {
+        filters::any_store stack = filter_stack(store, o.filters);
+        return serve_store(prog, stack, o,
+                           fmt::format("{} through {} filter(s)", what, o.filters.size()));
+    } catch (const std::invalid_argument& e) {
+        fmt::print(stderr, "{}: {}\n", prog, e.what());
+        return 2;
+    }
+}
+
+template <BlockStore S>
+int serve_store(const char* prog, S& store, const DaemonOptions& o, const std::string& what) {
+    auto say = [prog](const std::string& line) { fmt::print(stderr, "{}: {}\n", prog, line); };
     if (auto why = size_problem(store.size())) {
         say(*why);
         return 1;

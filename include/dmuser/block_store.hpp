@@ -121,11 +121,90 @@ concept fills_reads = requires {
     requires static_cast<bool>(S::fills_reads);
 };
 
+// A store that never takes writes declares `static constexpr bool read_only_device = true;`:
+// serve_device then makes the device read-only, and the kernel refuses writes itself.
+template <typename S>
+concept read_only_store = requires {
+    requires static_cast<bool>(S::read_only_device);
+};
+
+// What a store can do, where only the running program knows (a store behind a filter stack
+// chosen on the command line, filters/any_store.hpp): `store_capabilities capabilities()
+// const`. serve_device's table then follows it instead of the members' presence.
+struct store_capabilities {
+    bool flush = false;
+    bool write_fua = false;
+    bool discard = false;
+    bool write_zeroes = false;
+    bool secure_erase = false;
+    bool read_only = false;
+};
+template <typename S>
+concept has_runtime_capabilities = requires(const S& s) {
+    { s.capabilities() } -> std::same_as<store_capabilities>;
+};
+
 // Per-thread state (request_context.hpp): made with open_thread(index) where the store has
 // it, else default-constructed.
 template <typename S>
 concept has_open_thread = requires(S& s, unsigned index) {
     { s.open_thread(index) } -> std::same_as<thread_state_t<S>>;
 };
+
+namespace detail {
+// The store's members, called with the request's context where they take one.
+template <typename S>
+decltype(auto) call_read(S& s, context_for<S>& c, std::uint64_t off, std::span<std::byte> out) {
+    if constexpr (requires { s.read(c, off, out); })
+        return s.read(c, off, out);
+    else
+        return s.read(off, out);
+}
+template <typename S>
+decltype(auto) call_write(S& s, context_for<S>& c, std::uint64_t off,
+                          std::span<const std::byte> in) {
+    if constexpr (requires { s.write(c, off, in); })
+        return s.write(c, off, in);
+    else
+        return s.write(off, in);
+}
+template <typename S>
+decltype(auto) call_write_fua(S& s, context_for<S>& c, std::uint64_t off,
+                              std::span<const std::byte> in) {
+    if constexpr (requires { s.write_fua(c, off, in); })
+        return s.write_fua(c, off, in);
+    else
+        return s.write_fua(off, in);
+}
+template <typename S>
+decltype(auto) call_flush(S& s, context_for<S>& c) {
+    if constexpr (requires { s.flush(c); })
+        return s.flush(c);
+    else
+        return s.flush();
+}
+template <typename S>
+decltype(auto) call_discard(S& s, context_for<S>& c, std::uint64_t off, std::uint64_t len) {
+    if constexpr (requires { s.discard(c, off, len); })
+        return s.discard(c, off, len);
+    else
+        return s.discard(off, len);
+}
+template <typename S>
+decltype(auto) call_write_zeroes(S& s, context_for<S>& c, std::uint64_t off, std::uint64_t len) {
+    if constexpr (requires { s.write_zeroes(c, off, len); })
+        return s.write_zeroes(c, off, len);
+    else
+        return s.write_zeroes(off, len);
+}
+template <typename S>
+decltype(auto) call_secure_erase(S& s, context_for<S>& c, std::uint64_t off, std::uint64_t len) {
+    if constexpr (requires { s.secure_erase(c, off, len); })
+        return s.secure_erase(c, off, len);
+    else
+        return s.secure_erase(off, len);
+}
+
+} // namespace detail
 
 } // namespace dmuser

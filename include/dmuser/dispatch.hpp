@@ -67,59 +67,6 @@ auto invoke_store(Call&& call) {
     }
 }
 
-// The store's members, called with the request's context where they take one.
-template <typename S>
-decltype(auto) call_read(S& s, context_for<S>& c, std::uint64_t off, std::span<std::byte> out) {
-    if constexpr (requires { s.read(c, off, out); })
-        return s.read(c, off, out);
-    else
-        return s.read(off, out);
-}
-template <typename S>
-decltype(auto) call_write(S& s, context_for<S>& c, std::uint64_t off,
-                          std::span<const std::byte> in) {
-    if constexpr (requires { s.write(c, off, in); })
-        return s.write(c, off, in);
-    else
-        return s.write(off, in);
-}
-template <typename S>
-decltype(auto) call_write_fua(S& s, context_for<S>& c, std::uint64_t off,
-                              std::span<const std::byte> in) {
-    if constexpr (requires { s.write_fua(c, off, in); })
-        return s.write_fua(c, off, in);
-    else
-        return s.write_fua(off, in);
-}
-template <typename S>
-decltype(auto) call_flush(S& s, context_for<S>& c) {
-    if constexpr (requires { s.flush(c); })
-        return s.flush(c);
-    else
-        return s.flush();
-}
-template <typename S>
-decltype(auto) call_discard(S& s, context_for<S>& c, std::uint64_t off, std::uint64_t len) {
-    if constexpr (requires { s.discard(c, off, len); })
-        return s.discard(c, off, len);
-    else
-        return s.discard(off, len);
-}
-template <typename S>
-decltype(auto) call_write_zeroes(S& s, context_for<S>& c, std::uint64_t off, std::uint64_t len) {
-    if constexpr (requires { s.write_zeroes(c, off, len); })
-        return s.write_zeroes(c, off, len);
-    else
-        return s.write_zeroes(off, len);
-}
-template <typename S>
-decltype(auto) call_secure_erase(S& s, context_for<S>& c, std::uint64_t off, std::uint64_t len) {
-    if constexpr (requires { s.secure_erase(c, off, len); })
-        return s.secure_erase(c, off, len);
-    else
-        return s.secure_erase(off, len);
-}
-
 inline constexpr std::size_t zero_chunk = 64 * 1024;
 inline const std::array<std::byte, zero_chunk> zeros{};
 

@@ -61,11 +61,19 @@ UserTable table_for(const S& store, const device_options& o) {
     table.name = o.name;
     table.control = o.control;
     table.sectors = static_cast<std::uint64_t>(const_cast<S&>(store).size()) / 512;
-    table.read_only = o.read_only;
+    table.read_only = o.read_only || read_only_store<S>;
     table.max_payload = o.max_payload;
-    table.no_flush = !has_flush<S> && !has_write_fua<S>;
-    table.no_discard = !has_discard<S>;
-    table.no_secure_erase = !has_secure_erase<S>;
+    if constexpr (has_runtime_capabilities<S>) {
+        const store_capabilities can = store.capabilities();
+        table.read_only = table.read_only || can.read_only;
+        table.no_flush = !can.flush && !can.write_fua;
+        table.no_discard = !can.discard;
+        table.no_secure_erase = !can.secure_erase;
+    } else {
+        table.no_flush = !has_flush<S> && !has_write_fua<S>;
+        table.no_discard = !has_discard<S>;
+        table.no_secure_erase = !has_secure_erase<S>;
+    }
     return table;
 }
 

@@ -35,7 +35,7 @@ BUILD_PKGS=(g++ meson ninja-build pkg-config liburing-dev libfmt-dev catch2 libz
 FUZZ_PKGS=(clang libclang-rt-14-dev)
 # Packages to build the module and run it in a VM.
 VM_PKGS=(make gcc linux-headers-amd64 linux-image-amd64 qemu-system-x86 busybox-static
-    fio dmsetup e2fsprogs kmod cpio)
+    fio dmsetup e2fsprogs kmod cpio gdisk)
 
 # meson_build DIR [meson options...]: configure DIR once, then build it.
 meson_build() {

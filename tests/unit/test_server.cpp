@@ -181,8 +181,8 @@ TEST_CASE("server: write_view under default options, large WRITEs arrive intact 
     const std::size_t big = k.options().max_payload; // 128 KiB, 4 x write_view_above
     std::vector<std::future<dmuser::testing::fake_response>> writes;
     for (unsigned i = 0; i < 8; ++i)
-        writes.push_back(k.submit({DM_USER_REQ_MAP_WRITE, 0, i * big / 512, big,
-                                   test::pattern(big, 40 + i)}));
+        writes.push_back(
+            k.submit({DM_USER_REQ_MAP_WRITE, 0, i * big / 512, big, test::pattern(big, 40 + i)}));
     for (auto& w : writes)
         CHECK(w.get().result == DM_USER_RESP_SUCCESS);
     CHECK(store.landed_writes == 8);

@@ -86,7 +86,7 @@ t_discard_zeroes() {
 
 t_cli_errors() {
     "$EX_BIN/dmuser-file" --help >/tmp/help || fail "--help exited $?"
-    for opt in --name --size --direct --threads --channels --attach FILE; do
+    for opt in --name --size --direct --threads --channels --attach --filter FILE; do
         grep -q -- "$opt" /tmp/help || fail "--help does not mention $opt"
     done
     ex_one_line_error 'cannot open /nonexistent' "$EX_BIN/dmuser-file" --name bad /nonexistent
@@ -95,8 +95,62 @@ t_cli_errors() {
     ex_one_line_error 'must not be zero' "$EX_BIN/dmuser-file" --name bad /tmp/empty
     ex_one_line_error 'O_DIRECT' "$EX_BIN/dmuser-file" --name bad --direct --size 1M /tmp/empty
     ex_one_line_error 'neither' "$EX_BIN/dmuser-file" --name bad /dev/null
+    ex_one_line_error "no filter is named 'frob'" "$EX_BIN/dmuser-file" --name bad --size 1M \
+        --filter frob /tmp/empty
+    ex_one_line_error "rate='2' is not a chance" "$EX_BIN/dmuser-file" --name bad --size 1M \
+        --filter error:rate=2 /tmp/empty
     dmsetup info bad >/dev/null 2>&1 && fail "a failed start left device 'bad' behind"
     rm -f /tmp/empty
+}
+
+# --filter error: ext4 works until the trigger file appears; then its writes fail, the file
+# system sees the I/O errors (fsync fails, the kernel logs them), and nothing WARNs or BUGs.
+t_filter_error_ext4() {
+    rm -f /tmp/backing /tmp/fail-now
+    ex_start fe fe dmuser-file --size 64M --filter error:op=write+flush,trigger=/tmp/fail-now \
+        --filter stats /tmp/backing
+    mkfs.ext4 -q /dev/mapper/fe || fail "mkfs.ext4 before the trigger"
+    mkdir -p /mnt/fe
+    mount -o errors=continue /dev/mapper/fe /mnt/fe || fail "mount"
+    dd if=/dev/urandom of=/mnt/fe/before bs=1M count=2 conv=fsync status=none ||
+        fail "a write before the trigger failed"
+    : >/tmp/fail-now
+    if dd if=/dev/urandom of=/mnt/fe/after bs=1M count=2 conv=fsync status=none 2>/dev/null; then
+        fail "a write with fsync succeeded while the device failed every write"
+    fi
+    wait_for 30 sh -c 'dmesg | grep -Eq "I/O error.*dm-|EXT4-fs (error|warning).*dm-"' ||
+        fail "the kernel logged no I/O error for the device"
+    rm -f /tmp/fail-now
+    umount /mnt/fe || fail "umount after the errors"
+    ex_stop fe fe
+    rm -f /tmp/backing
+}
+
+# --filter offset:partition=2 serves partition 2 of a GPT disk image made by sgdisk: its size,
+# its bytes, and nothing written outside it.
+t_filter_gpt_partition() {
+    need_cmd sgdisk
+    rm -f /tmp/disk.img
+    truncate -s 64M /tmp/disk.img
+    sgdisk -q -n 1:2048:+16M -n 2:0:0 /tmp/disk.img >/dev/null || fail "sgdisk"
+    local first last
+    first=$(sgdisk -i 2 /tmp/disk.img | awk '/^First sector/ {print $3}')
+    last=$(sgdisk -i 2 /tmp/disk.img | awk '/^Last sector/ {print $3}')
+    [ -n "$first" ] && [ -n "$last" ] || fail "cannot read partition 2 back from sgdisk"
+    dd if=/dev/urandom of=/tmp/part2 bs=512 count=8 status=none
+    dd if=/tmp/part2 of=/tmp/disk.img bs=512 seek="$first" conv=notrunc status=none
+    local outside
+    outside=$(dd if=/tmp/disk.img bs=512 count="$first" status=none | md5sum)
+    ex_start gp gp dmuser-file --filter offset:partition=2 /tmp/disk.img
+    [ "$(blockdev --getsize64 /dev/mapper/gp)" -eq $(((last - first + 1) * 512)) ] ||
+        fail "device is $(blockdev --getsize64 /dev/mapper/gp) B, partition 2 is $(((last - first + 1) * 512)) B"
+    cmp -n 4096 /tmp/part2 /dev/mapper/gp || fail "the device does not start at partition 2"
+    ex_ext4 /dev/mapper/gp
+    ex_stop gp gp
+    [ "$(dd if=/tmp/disk.img bs=512 count="$first" status=none | md5sum)" = "$outside" ] ||
+        fail "bytes before partition 2 changed"
+    sgdisk -v /tmp/disk.img | grep -q 'No problems found' || fail "the GPT is damaged"
+    rm -f /tmp/disk.img /tmp/part2
 }
 
 vm_test verify-file-1ch t_verify_file_1ch 240
@@ -105,4 +159,6 @@ vm_test ext4 t_ext4 300
 vm_test restart-after-kill t_restart 180
 vm_test discard-write-zeroes t_discard_zeroes 180
 vm_test cli-errors t_cli_errors 180
+vm_test filter-error-ext4 t_filter_error_ext4 300
+vm_test filter-gpt-partition t_filter_gpt_partition 300
 vm_tests_run
