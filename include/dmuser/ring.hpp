@@ -227,6 +227,10 @@ public:
         }
         if (r < 0)
             throw std::system_error(-r, std::system_category(), "io_uring_queue_init");
+        // liburing maps the rings with raw syscalls, which TSan does not see: a ring made
+        // where another thread's ring was unmapped would look like a race with that thread.
+        // The kernel orders the unmap before this map; say so (~ring releases).
+        detail::io_acquire();
         skip_cqe_ = (p.features & IORING_FEAT_CQE_SKIP) != 0;
         int efd = ::eventfd(0, EFD_CLOEXEC);
         if (efd < 0) {
@@ -250,6 +254,7 @@ public:
     ~ring() {
         shut_down();
         await_hand_offs();
+        detail::io_release(); // before the unmap: a ring mapped there next acquires it
         io_uring_queue_exit(&ring_);
         // Unlink from this thread's chain of rings wherever we are in it: rings need not
         // be destroyed in the reverse order of their making.

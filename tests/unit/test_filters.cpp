@@ -118,11 +118,15 @@ TEST_CASE("offset: a window of the inner store, and bad windows are refused") {
     running_server s(win, k);
     auto data = pattern(4096, 3);
     CHECK(k.write(0, data).result == DM_USER_RESP_SUCCESS);
-    CHECK(std::memcmp(shared->mem.data() + (1 << 20), data.data(), 4096) == 0);
+    CHECK(k.write(4096, data).result == DM_USER_RESP_SUCCESS);
     CHECK(k.op(DM_USER_REQ_MAP_DISCARD, 0, 4096).result == DM_USER_RESP_SUCCESS);
-    CHECK(shared->mem[1 << 20] == std::byte{0});
     CHECK(k.read((2 << 20) - 4096, 8192).result == DM_USER_RESP_ERROR); // past the window
     CHECK(s.stop() == 0);
+    // The server's threads are joined: their writes are ours to read. Window offset 4096
+    // is the store's 1 MiB + 4096; window offset 0 was discarded.
+    CHECK(std::memcmp(shared->mem.data() + (1 << 20) + 4096, data.data(), 4096) == 0);
+    CHECK(shared->mem[1 << 20] == std::byte{0});
+    CHECK(shared->mem[(1 << 20) - 1] == std::byte{0});
     CHECK_THROWS_AS(filters::offset(owned_store(1 << 20), filters::window{.offset = 2 << 20}),
                     std::invalid_argument);
     CHECK_THROWS_AS(
