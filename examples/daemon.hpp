@@ -142,14 +142,21 @@ int run_daemon(const char* prog, S& store, const DaemonOptions& o, const std::st
     }
     if (o.filters.empty())
         return serve_store(prog, store, o, what);
-    try {
-        filters::any_store stack = filter_stack(store, o.filters);
-        return serve_store(prog, stack, o,
-                           fmt::format("{} through {} filter(s)", what, o.filters.size()));
-    } catch (const std::invalid_argument& e) {
-        fmt::print(stderr, "{}: {}\n", prog, e.what());
+    if constexpr (!std::is_void_v<thread_state_t<S>>) {
+        fmt::print(stderr,
+                   "{}: this daemon's store keeps per-thread state, which --filter "
+                   "stacks do not carry\n",
+                   prog);
         return 2;
-    }
+    } else
+        try {
+            filters::any_store stack = filter_stack(store, o.filters);
+            return serve_store(prog, stack, o,
+                               fmt::format("{} through {} filter(s)", what, o.filters.size()));
+        } catch (const std::invalid_argument& e) {
+            fmt::print(stderr, "{}: {}\n", prog, e.what());
+            return 2;
+        }
 }
 
 template <BlockStore S>
