@@ -1,5 +1,7 @@
 # dmuser-file in the VM: integrity over a sparse file and (O_DIRECT) over a block device, ext4,
-# durability across kill -9, and discard / write-zeroes reaching the backing file's allocation.
+# durability across kill -9, and discard / write-zeroes reaching the backing file's allocation;
+# the --filter stacks over it. And dmuser-nbd, the other store over someone else's storage:
+# nbdkit's exports in the guest, and nbdkit going away.
 source "$DEV_ROOT/tests/vm/lib.sh"
 source "$DEV_ROOT/tests/vm/examples-lib.bash"
 
@@ -153,6 +155,62 @@ t_filter_gpt_partition() {
     rm -f /tmp/disk.img /tmp/part2
 }
 
+# nbd_start SOCKET PLUGIN ARGS...: nbdkit in the background on a Unix socket, ready when it
+# has written its pid file.
+nbd_start() {
+    local sock=$1
+    shift
+    rm -f "$sock" "$sock.pid"
+    daemon_start nbdkit nbdkit --foreground --unix "$sock" --pidfile "$sock.pid" "$@"
+    wait_for 30 test -e "$sock.pid" || fail "nbdkit did not start"
+}
+
+# dmuser-nbd over nbdkit memory (fio verify, two threads) and nbdkit file (ext4).
+t_nbd() {
+    need_cmd nbdkit
+    nbd_start /tmp/nbd.sock memory 64M
+    ex_start nb nb dmuser-nbd --threads 2 'nbd+unix:///?socket=/tmp/nbd.sock'
+    ex_fio /dev/mapper/nb 1
+    ex_fio /dev/mapper/nb 32
+    ex_stop nb nb
+    daemon_stop nbdkit
+    rm -f /tmp/nbd.img
+    truncate -s 128M /tmp/nbd.img
+    nbd_start /tmp/nbd.sock file /tmp/nbd.img
+    ex_start nb nb dmuser-nbd 'nbd+unix:///?socket=/tmp/nbd.sock'
+    ex_ext4 /dev/mapper/nb
+    ex_stop nb nb
+    daemon_stop nbdkit
+    rm -f /tmp/nbd.img
+}
+
+# The server killed under the device: reads fail with EIO (none hangs) and the daemon says so;
+# with --reconnect, once nbdkit is back the device serves again.
+t_nbd_server_gone() {
+    need_cmd nbdkit
+    rm -f /tmp/nbd.img
+    truncate -s 64M /tmp/nbd.img
+    nbd_start /tmp/nbd.sock file /tmp/nbd.img
+    ex_start nb nb dmuser-nbd --reconnect 'nbd+unix:///?socket=/tmp/nbd.sock'
+    dd if=/dev/urandom of=/tmp/nbd.data bs=64K count=4 status=none
+    dd if=/tmp/nbd.data of=/dev/mapper/nb bs=64K oflag=direct conv=fsync status=none ||
+        fail "write while the server runs"
+    kill -KILL "$(daemon_pid nbdkit)"
+    daemon_wait nbdkit 10
+    local rc
+    run_bounded 60 dd if=/dev/mapper/nb of=/dev/null bs=64K count=1 iflag=direct status=none
+    rc=$?
+    [ $rc -ne 124 ] || fail "a read hung with the server gone"
+    [ $rc -ne 0 ] || fail "a read succeeded with the server gone"
+    wait_for 10 grep -q 'NBD connection lost' "$VMT_LOG" || fail "the daemon did not report the lost server"
+    nbd_start /tmp/nbd.sock file /tmp/nbd.img
+    run_bounded 60 cmp -n $((256 << 10)) /tmp/nbd.data /dev/mapper/nb ||
+        fail "after --reconnect the device does not read back what was written"
+    ex_stop nb nb
+    daemon_stop nbdkit
+    rm -f /tmp/nbd.img /tmp/nbd.data
+}
+
 vm_test verify-file-1ch t_verify_file_1ch 240
 vm_test verify-blockdev-direct-4ch t_verify_blockdev_4ch 180
 vm_test ext4 t_ext4 300
@@ -161,4 +219,6 @@ vm_test discard-write-zeroes t_discard_zeroes 180
 vm_test cli-errors t_cli_errors 180
 vm_test filter-error-ext4 t_filter_error_ext4 300
 vm_test filter-gpt-partition t_filter_gpt_partition 300
+vm_test nbd-fio-ext4 t_nbd 400
+vm_test nbd-server-gone t_nbd_server_gone 300
 vm_tests_run
