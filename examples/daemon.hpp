@@ -70,6 +70,8 @@ Filters (any number, the first given is the outermost):
                                       from=SIZE to=SIZE trigger=FILE errno=N seed=N
   --filter retry:attempts=N,backoff=TIME,op=OP[+OP...]   retry failed operations
   --filter stats[:file=PATH]          per-op counts and latency (p50, p99, max) at exit
+  --filter cache:size=SIZE,block=SIZE,mode=write-through|write-back
+                                      an LRU block cache in memory (64M, 64K, write-through)
 TIME: 250us, 5ms, 1s. SIZE: bytes, or with K/M/G/T.
 
 SIGINT or SIGTERM removes the device and exits 0. A device still open (mounted) is kept

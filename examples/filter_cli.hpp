@@ -7,6 +7,7 @@
 
 #include "cli.hpp"
 #include "dmuser/filters/any_store.hpp"
+#include "dmuser/filters/cache.hpp"
 #include "dmuser/filters/delay.hpp"
 #include "dmuser/filters/error.hpp"
 #include "dmuser/filters/offset.hpp"
@@ -189,6 +190,22 @@ inline filters::any_store apply_filter(std::string_view spec, filters::any_store
                 unknown(k);
         }
         return any_store(retry<any_store>(std::move(inner), o));
+    }
+    if (f.name == "cache") {
+        cache_options o;
+        for (auto& [k, v] : f.args) {
+            if (k == "size")
+                o.capacity = parse_bytes(spec, k, v);
+            else if (k == "block")
+                o.block = parse_bytes(spec, k, v);
+            else if (k == "mode" && (v == "write-back" || v == "write-through"))
+                o.write_back = v == "write-back";
+            else if (k == "mode")
+                bad_filter(spec, "mode is write-through or write-back");
+            else
+                unknown(k);
+        }
+        return any_store(cache<any_store>(std::move(inner), o));
     }
     if (f.name == "stats") {
         stats_options o;

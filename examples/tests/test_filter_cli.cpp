@@ -28,6 +28,8 @@ TEST_CASE("filter specs: bad names, keys and values are refused with the reason"
     refused("offset:offset=2M", "past the store's end");
     refused("offset:partition=1", "no MBR signature");
     refused("read-only:x=1", "has no option 'x'");
+    refused("cache:mode=sometimes", "write-through or write-back");
+    refused("cache:block=1000", "power of two");
 }
 
 TEST_CASE("filter stack: outermost first, capabilities as the stack has them") {
@@ -35,7 +37,8 @@ TEST_CASE("filter stack: outermost first, capabilities as the stack has them") {
     // The offset filter is outermost, so the error filter below it sees the store's offsets:
     // its [1M, 2M) is the window's first MiB, whose writes fail; reads go through.
     auto stack = filter_stack(base, {"offset:offset=1M,length=2M", "error:op=write,from=1M,to=2M",
-                                     "delay:all=0us", "stats:file=/dev/null"});
+                                     "delay:all=0us", "cache:size=1M,block=64K,mode=write-back",
+                                     "stats:file=/dev/null"});
     CHECK(stack.size() == (2u << 20));
     CHECK(stack.capabilities().discard);
     fake_options fo;
@@ -45,6 +48,7 @@ TEST_CASE("filter stack: outermost first, capabilities as the stack has them") {
     CHECK(k.write(0, pattern(4096, 1)).result == DM_USER_RESP_ERROR);
     CHECK(k.write(1 << 20, pattern(4096, 2)).result == DM_USER_RESP_SUCCESS);
     CHECK(k.read(1 << 20, 4096).data == pattern(4096, 2));
+    CHECK(k.flush().result == DM_USER_RESP_SUCCESS); // the write-back cache lets go
     CHECK(s.stop() == 0);
     // Window offset 1M is the store's 2M.
     CHECK(std::memcmp(base.mem.data() + (2 << 20), pattern(4096, 2).data(), 4096) == 0);

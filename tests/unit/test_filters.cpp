@@ -4,6 +4,7 @@
 #include "server_fixture.hpp"
 
 #include <dmuser/filters/any_store.hpp>
+#include <dmuser/filters/cache.hpp>
 #include <dmuser/filters/delay.hpp>
 #include <dmuser/filters/error.hpp>
 #include <dmuser/filters/offset.hpp>
@@ -334,4 +335,135 @@ TEST_CASE("any_store: a stack chosen at run time tells the table what it can do"
     CHECK(k.op(DM_USER_REQ_MAP_WRITE_ZEROES, 0, 4096).result == DM_USER_RESP_ERROR);
     CHECK(k.read(0, 512).result == DM_USER_RESP_SUCCESS);
     CHECK(s.stop() == 0);
+}
+
+namespace {
+// Counts the inner store's operations; fails writes while `fail_writes` is set.
+struct counted_store : owned_store {
+    std::shared_ptr<std::atomic<int>> reads = std::make_shared<std::atomic<int>>(0);
+    std::shared_ptr<std::atomic<int>> writes = std::make_shared<std::atomic<int>>(0);
+    std::shared_ptr<std::atomic<bool>> fail_writes = std::make_shared<std::atomic<bool>>(false);
+    using owned_store::owned_store;
+    void read(std::uint64_t off, std::span<std::byte> out) {
+        ++*reads;
+        owned_store::read(off, out);
+    }
+    std::error_code write(std::uint64_t off, std::span<const std::byte> in) {
+        if (*fail_writes)
+            return std::make_error_code(std::errc::io_error);
+        ++*writes;
+        owned_store::write(off, in);
+        return {};
+    }
+};
+} // namespace
+
+TEST_CASE("cache, write-through: reads of cached blocks stay in memory, writes go through") {
+    counted_store base(1 << 20);
+    auto reads = base.reads, writes = base.writes;
+    auto mem = base.m;
+    filters::cache c{std::move(base),
+                     filters::cache_options{.capacity = 256 << 10, .block = 64 << 10}};
+    fake_kernel k(sized(1 << 20));
+    running_server s(c, k);
+    CHECK(k.write(4096, pattern(4096, 1)).result == DM_USER_RESP_SUCCESS);
+    CHECK(*writes == 1);
+    CHECK(k.read(0, 8192).data.size() == 8192);
+    CHECK(*reads == 1);                                 // the block came in
+    CHECK(k.read(4096, 4096).data == pattern(4096, 1)); // from memory
+    CHECK(*reads == 1);
+    CHECK(k.write(4096, pattern(4096, 2)).result == DM_USER_RESP_SUCCESS);
+    CHECK(k.read(4096, 4096).data == pattern(4096, 2)); // the cached copy was updated
+    CHECK(*reads == 1);
+    for (int b = 1; b <= 5; ++b) // 5 more blocks through a 4-block cache: block 0 goes
+        CHECK(k.read(std::uint64_t(b) << 16, 512).result == DM_USER_RESP_SUCCESS);
+    CHECK(c.stats().cached <= 4);
+    const int before = *reads;
+    CHECK(k.read(4096, 4096).data == pattern(4096, 2));
+    CHECK(*reads == before + 1);
+    CHECK(k.op(DM_USER_REQ_MAP_DISCARD, 0, 65536).result == DM_USER_RESP_SUCCESS);
+    CHECK(k.read(4096, 4096).data == std::vector<std::byte>(4096)); // dropped, read again
+    CHECK(s.stop() == 0);
+}
+
+TEST_CASE("cache, write-back: writes stay in memory until a flush, FUA, or half the capacity") {
+    counted_store base(1 << 20);
+    auto writes = base.writes, reads = base.reads;
+    auto fail = base.fail_writes;
+    auto mem = base.m;
+    filters::cache c{
+        std::move(base),
+        filters::cache_options{.capacity = 512 << 10, .block = 64 << 10, .write_back = true}};
+    fake_kernel k(sized(1 << 20));
+    running_server s(c, k);
+    CHECK(k.write(0, pattern(65536, 1)).result == DM_USER_RESP_SUCCESS);         // a whole block
+    CHECK(*reads == 0);                                                          // nothing to read
+    CHECK(k.write(65536 + 512, pattern(512, 2)).result == DM_USER_RESP_SUCCESS); // partial
+    CHECK(*reads == 1);
+    CHECK(*writes == 0);
+    CHECK(k.read(65536 + 512, 512).data == pattern(512, 2));
+    CHECK(c.stats().dirty == 2);
+    CHECK(k.flush().result == DM_USER_RESP_SUCCESS);
+    CHECK(*writes == 2);
+    CHECK(c.stats().dirty == 0);
+    CHECK(k.write(4096, pattern(512, 3), DM_USER_REQ_MAP_FLAG_FUA).result == DM_USER_RESP_SUCCESS);
+    CHECK(*writes == 3);
+    // A write-back that fails keeps the block dirty, and the flush says so; the next one writes it.
+    CHECK(k.write(8192, pattern(512, 4)).result == DM_USER_RESP_SUCCESS);
+    *fail = true;
+    CHECK(k.flush().result == DM_USER_RESP_ERROR);
+    CHECK(c.stats().dirty == 1);
+    *fail = false;
+    CHECK(k.flush().result == DM_USER_RESP_SUCCESS);
+    CHECK(c.stats().dirty == 0);
+    // Past half the capacity (4 blocks of 8), dirty blocks are written back by themselves.
+    for (int b = 2; b < 8; ++b)
+        CHECK(k.write(std::uint64_t(b) << 16, pattern(65536, b)).result == DM_USER_RESP_SUCCESS);
+    CHECK(c.stats().dirty <= 4);
+    CHECK(s.stop() == 0);
+    CHECK(std::memcmp(mem->mem.data() + 8192, pattern(512, 4).data(), 512) == 0);
+}
+
+TEST_CASE("cache: random reads, writes, flushes and discards agree with a model, both modes") {
+    for (bool write_back : {false, true}) {
+        owned_store base(2 << 20);
+        auto mem = base.m;
+        filters::cache c{std::move(base), filters::cache_options{.capacity = 256 << 10,
+                                                                 .block = 16 << 10,
+                                                                 .write_back = write_back}};
+        fake_kernel k(sized(2 << 20));
+        running_server s(c, k, {.threads = 2, .channels = 2});
+        std::vector<std::byte> model(2 << 20);
+        unsigned x = 12345;
+        auto next = [&] { return x = x * 1103515245u + 12345u; };
+        for (int i = 0; i < 400; ++i) {
+            const std::uint64_t off = (next() >> 4) % ((2 << 20) / 512 - 64) * 512;
+            const std::uint64_t len = 512 * (1 + (next() >> 7) % 64);
+            switch ((next() >> 9) % 8) {
+            case 0:
+                CHECK(k.flush().result == DM_USER_RESP_SUCCESS);
+                break;
+            case 1:
+                CHECK(k.op(DM_USER_REQ_MAP_DISCARD, off, len).result == DM_USER_RESP_SUCCESS);
+                std::memset(model.data() + off, 0, len);
+                break;
+            case 2:
+            case 3:
+            case 4: {
+                auto data = pattern(len, i);
+                CHECK(k.write(off, data).result == DM_USER_RESP_SUCCESS);
+                std::memcpy(model.data() + off, data.data(), len);
+                break;
+            }
+            default: {
+                auto r = k.read(off, len);
+                REQUIRE(r.result == DM_USER_RESP_SUCCESS);
+                CHECK(std::memcmp(r.data.data(), model.data() + off, len) == 0);
+            }
+            }
+        }
+        CHECK(k.flush().result == DM_USER_RESP_SUCCESS);
+        CHECK(s.stop() == 0);
+        CHECK(mem->mem == model); // after a flush, the store holds it all
+    }
 }
