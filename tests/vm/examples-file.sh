@@ -111,19 +111,20 @@ t_filter_error_ext4() {
     rm -f /tmp/backing /tmp/fail-now
     ex_start fe fe dmuser-file --size 64M --filter error:op=write+flush,trigger=/tmp/fail-now \
         --filter stats /tmp/backing
+    vm_modload ext4 || fail "ext4"
     mkfs.ext4 -q /dev/mapper/fe || fail "mkfs.ext4 before the trigger"
-    mkdir -p /mnt/fe
-    mount -o errors=continue /dev/mapper/fe /mnt/fe || fail "mount"
-    dd if=/dev/urandom of=/mnt/fe/before bs=1M count=2 conv=fsync status=none ||
+    mkdir -p /tmp/fe-mnt
+    mount -o errors=continue /dev/mapper/fe /tmp/fe-mnt || fail "mount"
+    dd if=/dev/urandom of=/tmp/fe-mnt/before bs=1M count=2 conv=fsync status=none ||
         fail "a write before the trigger failed"
     : >/tmp/fail-now
-    if dd if=/dev/urandom of=/mnt/fe/after bs=1M count=2 conv=fsync status=none 2>/dev/null; then
+    if dd if=/dev/urandom of=/tmp/fe-mnt/after bs=1M count=2 conv=fsync status=none 2>/dev/null; then
         fail "a write with fsync succeeded while the device failed every write"
     fi
     wait_for 30 sh -c 'dmesg | grep -Eq "I/O error.*dm-|EXT4-fs (error|warning).*dm-"' ||
         fail "the kernel logged no I/O error for the device"
     rm -f /tmp/fail-now
-    umount /mnt/fe || fail "umount after the errors"
+    umount /tmp/fe-mnt || fail "umount after the errors"
     ex_stop fe fe
     rm -f /tmp/backing
 }
@@ -134,7 +135,7 @@ t_filter_gpt_partition() {
     need_cmd sgdisk
     rm -f /tmp/disk.img
     truncate -s 64M /tmp/disk.img
-    sgdisk -q -n 1:2048:+16M -n 2:0:0 /tmp/disk.img >/dev/null || fail "sgdisk"
+    sgdisk -o -n 1:2048:+16M -n 2:0:0 /tmp/disk.img >/dev/null || fail "sgdisk"
     local first last
     first=$(sgdisk -i 2 /tmp/disk.img | awk '/^First sector/ {print $3}')
     last=$(sgdisk -i 2 /tmp/disk.img | awk '/^Last sector/ {print $3}')
@@ -165,12 +166,11 @@ nbd_start() {
     wait_for 30 test -e "$sock.pid" || fail "nbdkit did not start"
 }
 
-# dmuser-nbd over nbdkit memory (fio verify, two threads) and nbdkit file (ext4).
+# dmuser-nbd over nbdkit memory (fio verify at QD32, two threads) and nbdkit file (ext4).
 t_nbd() {
     need_cmd nbdkit
     nbd_start /tmp/nbd.sock memory 64M
     ex_start nb nb dmuser-nbd --threads 2 'nbd+unix:///?socket=/tmp/nbd.sock'
-    ex_fio /dev/mapper/nb 1
     ex_fio /dev/mapper/nb 32
     ex_stop nb nb
     daemon_stop nbdkit
