@@ -134,7 +134,7 @@ t_filter_error_ext4() {
 t_filter_gpt_partition() {
     need_cmd sgdisk
     rm -f /tmp/disk.img
-    truncate -s 64M /tmp/disk.img
+    truncate -s 192M /tmp/disk.img # partition 2 holds lib.sh's ext4 tree
     sgdisk -o -n 1:2048:+16M -n 2:0:0 /tmp/disk.img >/dev/null || fail "sgdisk"
     local first last
     first=$(sgdisk -i 2 /tmp/disk.img | awk '/^First sector/ {print $3}')

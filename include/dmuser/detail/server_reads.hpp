@@ -1,0 +1,266 @@
+// dmuser/detail/server_reads.hpp: how a slot reads a request: Part 2 whole messages
+// (read_whole), the rest of a WRITE split for write_view (read_rest), Part 1's stream of header
+// then payload (read_stream), each over read_channel (RWF_NOWAIT, then an exclusive poll
+// linked to the read) and check_read_result (end of file, ENOTBLK, errors).
+#pragma once
+
+#include "dmuser/server.hpp"
+
+#include <cstring>
+#include <fcntl.h>
+#include <sys/epoll.h>
+
+namespace dmuser {
+
+template <BlockStore S>
+bool server<S>::check_read_result(worker& w, io_result got) {
+    if (got.res > 0)
+        return true;
+    switch (got.res) {
+    case -ECANCELED:
+    case -EINTR:
+    case -EAGAIN:
+        return false;
+    case 0:
+        w.stopping = true;
+        target_gone("end of file on the channel");
+        return false;
+    case -ENOTBLK:
+        w.stopping = true;
+        target_gone("target removed (ENOTBLK)");
+        return false;
+    default:
+        w.stopping = true;
+        fatal("read", got.error());
+        return false;
+    }
+}
+
+template <BlockStore S>
+void server<S>::reject(worker& w, std::string_view why, const request* req,
+                       std::size_t message_bytes) {
+    w.stats.malformed();
+    // The arguments are formatted before log::error looks at the level: a daemon with
+    // logging off must not allocate for each bad request.
+    if (!log::enabled(log::level::error))
+        return;
+    if (req)
+        log::error("{}: malformed request rejected ({}): {}", source_.describe(), why,
+                   describe(*req));
+    else
+        log::error("{}: malformed message rejected: {} of {} bytes", source_.describe(), why,
+                   message_bytes);
+}
+
+// A file that refuses RWF_NOWAIT (no FMODE_NOWAIT: a socket or pipe before Linux 6.6,
+// say) gets O_NONBLOCK instead. io_uring may then poll such a read itself, but it still
+// never waits in read(). True: read again.
+template <BlockStore S>
+bool server<S>::nowait_refused(channel& ch, io_result got) {
+    if (got.res != -EOPNOTSUPP || ch.read_flags == 0)
+        return false;
+    ch.read_flags = 0;
+    const int fd = ch.fd.get();
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+        log::warn("{}: neither RWF_NOWAIT nor O_NONBLOCK: {}; reads wait in the kernel",
+                  source_.describe(), std::strerror(errno));
+        ch.polled = false;
+    }
+    return true;
+}
+
+// One read of a channel. On a polled channel it never waits in the kernel: finding
+// nothing (-EAGAIN), it waits in a poll for `events` that is linked to the next read.
+// With a slot (a read that may take a new request), that wait is cancellable by
+// stop_worker and ends once the worker stops; without one (the rest of a request this
+// slot holds), it waits until the rest comes.
+template <BlockStore S>
+task<io_result> server<S>::read_channel(worker& w, channel& ch, slot* s, std::span<const iovec> iov,
+                                        unsigned events) {
+    // How many reads a slot goes straight to the poll after a plain one found nothing.
+    constexpr unsigned poll_first_streak = 16;
+    bool poll_first = s && s->poll_first_left > 0 && ch.polled && !w.stopping;
+    if (poll_first)
+        --s->poll_first_left;
+    for (;;) {
+        io_result got;
+        if (poll_first) {
+            polled_read_op rd = w.r->readv_when_ready(ch.fd.get(), events, iov, 0, ch.read_flags);
+            if (s)
+                s->pending_read = rd.id();
+            got = co_await rd;
+        } else {
+            io_op rd = w.r->readv(ch.fd.get(), iov, 0, ch.read_flags);
+            if (s)
+                s->pending_read = rd.id();
+            got = co_await rd;
+        }
+        if (s)
+            s->pending_read = 0;
+        if (got.res == -EAGAIN && ch.polled && !(s && w.stopping)) {
+            if (s && !poll_first)
+                s->poll_first_left = poll_first_streak;
+            poll_first = true;
+            continue;
+        }
+        if (nowait_refused(ch, got))
+            continue;
+        co_return got;
+    }
+}
+
+template <BlockStore S>
+task<bool> server<S>::read_whole(worker& w, channel& ch, slot& s, request& req) {
+    s.iov[0] = iovec{s.header, header_size};
+    s.iov[1] = iovec{s.buffer.get(), read_size_};
+    // Exclusive: a new request wakes one waiting slot (wake_up_interruptible_poll wakes
+    // one exclusive waiter), and the woken slot's read is already linked to its poll.
+    io_result got = co_await read_channel(w, ch, &s, std::span<const iovec>(s.iov, 2),
+                                          EPOLLIN | EPOLLEXCLUSIVE);
+    if (!check_read_result(w, got))
+        co_return false;
+    std::size_t n = got.bytes();
+    if (n < header_size) {
+        reject(w, "short message", nullptr, n);
+        co_return false;
+    }
+    req = decode_header(std::span<const std::byte, header_size>(s.header, header_size));
+    s.bad = {};
+    s.landed = false;
+    std::size_t expect = header_size + (req.carries_payload() ? req.len : 0);
+    if (req.carries_payload() && req.len > max_payload_)
+        s.bad = "length over the maximum payload";
+    else if (n < expect && split_writes_ && req.type == DM_USER_REQ_MAP_WRITE &&
+             n == header_size + read_size_)
+        // The module splits a message only when it fills the read's buffer; a shorter
+        // one is malformed, and waiting for its "rest" would wait for ever.
+        co_return co_await read_rest(w, ch, s, req, n);
+    else if (n < expect)
+        s.bad = "message shorter than its header says";
+    else if (n > expect)
+        s.bad = "message longer than its header says";
+    else if (req.carries_payload())
+        req.payload = std::span<const std::byte>(s.buffer.get(), req.len);
+    co_return true;
+}
+
+// The rest of a request this slot has begun: not exclusive, so it takes no wake-up meant
+// for a new request.
+template <BlockStore S>
+task<bool> server<S>::read_fully(worker& w, channel& ch, std::byte* at, std::size_t n) {
+    while (n > 0) {
+        const iovec iov{at, n};
+        io_result got = co_await read_channel(w, ch, nullptr, std::span(&iov, 1), EPOLLIN);
+        if (got.res == -EINTR || got.res == -EAGAIN)
+            continue;
+        if (!check_read_result(w, got))
+            co_return false;
+        at += got.bytes();
+        n -= got.bytes();
+    }
+    co_return true;
+}
+
+// Where a WRITE's payload may be read to: the store's own memory (write_view), or null
+// for the slot's buffer.
+template <BlockStore S>
+std::byte* server<S>::landing_zone(slot& s, const request& req) {
+    if constexpr (has_write_view<S>) {
+        // write_view_above == 0 is "never", on Part 1 too.
+        if (opts_.write_view_above == 0 || req.type != DM_USER_REQ_MAP_WRITE || req.len == 0 ||
+            !s.bad.empty() || !check_request(req, max_payload_, store_size_).empty())
+            return nullptr;
+        // Ordering against a flush needs the store's own write paths.
+        if ((has_flush<S> || has_write_fua<S>)&&(req.has(DM_USER_REQ_MAP_FLAG_PREFLUSH) ||
+                                                 req.has(DM_USER_REQ_MAP_FLAG_FUA)))
+            return nullptr;
+        std::span<std::byte> view;
+        try {
+            view = store_.write_view(req.offset(), req.len);
+        } catch (...) {
+            log::error("{}: write_view threw: {}; using write()", describe(req),
+                       describe(std::current_exception()));
+            return nullptr;
+        }
+        if (view.size() != req.len)
+            return nullptr;
+        s.landed = true;
+        return view.data();
+    } else {
+        (void)s;
+        (void)req;
+        return nullptr;
+    }
+}
+
+// The rest of a WRITE whose read stopped after `have` bytes: into the store's memory when
+// it lends it, else into the slot's buffer.
+template <BlockStore S>
+task<bool> server<S>::read_rest(worker& w, channel& ch, slot& s, request& req, std::size_t have) {
+    std::byte* const buffered = s.buffer.get();
+    const std::size_t got = have - header_size;
+    std::byte* dest = landing_zone(s, req);
+    if (dest)
+        std::memcpy(dest, buffered, got);
+    else
+        dest = buffered;
+    if (!co_await read_fully(w, ch, dest + got, req.len - got))
+        co_return false;
+    if (!s.landed)
+        req.payload = std::span<const std::byte>(buffered, req.len);
+    co_return true;
+}
+
+template <BlockStore S>
+void server<S>::ensure_capacity(slot& s, std::size_t bytes) {
+    if (bytes <= s.capacity)
+        return; // (bytes of payload)
+    std::size_t cap = s.capacity;
+    while (cap < bytes)
+        cap *= 2;
+    s.buffer = detail::allocate_pages(cap);
+    s.capacity = cap;
+}
+
+template <BlockStore S>
+task<bool> server<S>::read_stream(worker& w, channel& ch, slot& s, request& req) {
+    // Only a read that has not started a request may be cancelled: after the first byte
+    // the request is ours to answer.
+    s.iov[0] = iovec{s.header, header_size};
+    io_result got = co_await read_channel(w, ch, &s, std::span<const iovec>(s.iov, 1),
+                                          EPOLLIN | EPOLLEXCLUSIVE);
+    if (!check_read_result(w, got))
+        co_return false;
+    std::size_t have = got.bytes();
+    if (have < header_size && !co_await read_fully(w, ch, s.header + have, header_size - have))
+        co_return false;
+    req = decode_header(std::span<const std::byte, header_size>(s.header, header_size));
+    s.bad = {};
+    s.landed = false;
+    if (req.carries_payload() && req.len > max_payload_) {
+        // Consume the payload anyway so the stream stays in step.
+        s.bad = "length over the maximum payload";
+        std::uint64_t left = req.len;
+        while (left > 0) {
+            std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, s.capacity));
+            if (!co_await read_fully(w, ch, s.buffer.get(), n))
+                co_return false;
+            left -= n;
+        }
+        co_return true;
+    }
+    if (req.len <= max_payload_ && (req.type == DM_USER_REQ_MAP_READ || req.carries_payload()))
+        ensure_capacity(s, req.len);
+    if (req.carries_payload()) {
+        // The header came alone, so the payload may go straight to the store.
+        std::byte* dest = landing_zone(s, req);
+        if (!co_await read_fully(w, ch, dest ? dest : s.buffer.get(), req.len))
+            co_return false;
+        if (!s.landed)
+            req.payload = std::span<const std::byte>(s.buffer.get(), req.len);
+    }
+    co_return true;
+}
+
+} // namespace dmuser
