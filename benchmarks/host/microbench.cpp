@@ -16,24 +16,22 @@
 #include "dmuser/server.hpp"
 #include "dmuser/testing/fake_kernel.hpp"
 
-#include <dirent.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <dirent.h>
+#include <fmt/format.h>
 #include <fstream>
 #include <map>
 #include <semaphore>
 #include <span>
 #include <string>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <thread>
+#include <unistd.h>
 #include <vector>
-
-#include <fmt/format.h>
 
 namespace {
 
@@ -342,9 +340,14 @@ std::string human(std::uint64_t bytes) {
 std::uint64_t parse_size(const std::string& s) {
     std::uint64_t v = std::strtoull(s.c_str(), nullptr, 10);
     switch (s.empty() ? 0 : s.back()) {
-    case 'K': case 'k': return v << 10;
-    case 'M': case 'm': return v << 20;
-    default: return v;
+    case 'K':
+    case 'k':
+        return v << 10;
+    case 'M':
+    case 'm':
+        return v << 20;
+    default:
+        return v;
     }
 }
 
@@ -364,19 +367,30 @@ int main(int argc, char** argv) {
             }
             return argv[++i];
         };
-        if (a == "--matrix") matrix = true;
-        else if (a == "--op") one.write = next() == "write";
-        else if (a == "--size") one.size = parse_size(next());
-        else if (a == "--qd") one.qd = static_cast<unsigned>(std::stoul(next()));
-        else if (a == "--threads") one.threads = static_cast<unsigned>(std::stoul(next()));
-        else if (a == "--requests") one.requests = std::stoull(next());
-        else if (a == "--seconds") one.seconds = std::stod(next());
-        else if (a == "--json") json_path = next();
-        else if (a == "--split") split = true;
-        else if (a == "--loadgen") loadgen_fd = std::stoi(next());
+        if (a == "--matrix")
+            matrix = true;
+        else if (a == "--op")
+            one.write = next() == "write";
+        else if (a == "--size")
+            one.size = parse_size(next());
+        else if (a == "--qd")
+            one.qd = static_cast<unsigned>(std::stoul(next()));
+        else if (a == "--threads")
+            one.threads = static_cast<unsigned>(std::stoul(next()));
+        else if (a == "--requests")
+            one.requests = std::stoull(next());
+        else if (a == "--seconds")
+            one.seconds = std::stod(next());
+        else if (a == "--json")
+            json_path = next();
+        else if (a == "--split")
+            split = true;
+        else if (a == "--loadgen")
+            loadgen_fd = std::stoi(next());
         else {
-            fmt::print(stderr, "usage: dmuser-microbench [--matrix] [--op read|write] [--size N[K|M]] "
-                               "[--qd N] [--threads N] [--requests N | --seconds S] [--json FILE]\n");
+            fmt::print(stderr,
+                       "usage: dmuser-microbench [--matrix] [--op read|write] [--size N[K|M]] "
+                       "[--qd N] [--threads N] [--requests N | --seconds S] [--json FILE]\n");
             return 2;
         }
     }
