@@ -181,14 +181,14 @@ int serve_store(const char* prog, S& store, const DaemonOptions& o, const std::s
     d.server.lock_memory = o.lock_memory;
     d.server.io_flusher = o.io_flusher;
     d.server.stats_interval = std::chrono::seconds(o.stats_secs);
-    d.on_ready = [&](const Device& dev, std::size_t channels) {
+    d.on_ready = [&](const device& dev, std::size_t channels) {
         fmt::print("{}: serving {} ({}) from {}, {} channel(s) on {} thread(s)\n", prog, dev.path(),
                    human_size(store.size()), what, channels, o.threads);
         std::fflush(stdout);
     };
     // A signal from here on is counted, and acted on once the device serves.
     std::optional<signal_relay> signals;
-    std::optional<Device> dev;
+    std::optional<device> dev;
     try {
         signals.emplace();
         dev.emplace(open_device(store, d));

@@ -28,7 +28,7 @@ int main(int argc, char** argv) {
     }
     ramdisk disk{std::vector<std::byte>(std::stoull(argv[2]) << 20)};
     dmuser::device_options o{.name = argv[1], .server = {.threads = 2}};
-    o.on_ready = [](const dmuser::Device& dev, std::size_t) {
+    o.on_ready = [](const dmuser::device& dev, std::size_t) {
         fmt::print("serving {}\n", dev.path());
         std::fflush(stdout);
     };

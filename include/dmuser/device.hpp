@@ -37,9 +37,9 @@ namespace dm {
 }
 
 // An open /dev/mapper/control.
-class Control {
+class control {
 public:
-    Control() {
+    control() {
         fd_ = ::open(dm_control_path, O_RDWR | O_CLOEXEC);
         if (fd_ < 0) {
             const int err = errno;
@@ -50,13 +50,13 @@ public:
             fail(err, fmt::format("cannot open {}", dm_control_path));
         }
     }
-    Control(const Control&) = delete;
-    Control& operator=(const Control&) = delete;
-    ~Control() { ::close(fd_); }
+    control(const control&) = delete;
+    control& operator=(const control&) = delete;
+    ~control() { ::close(fd_); }
 
     // One ioctl; a reply that did not fit is asked for again with a larger buffer.
     // Returns 0 or the errno.
-    int run(unsigned long request, IoctlBuffer& buf) const {
+    int run(unsigned long request, ioctl_buffer& buf) const {
         const std::uint32_t flags_in = buf.header().flags;
         for (int tries = 0;; ++tries) {
             if (::ioctl(fd_, request, buf.data()) < 0)
@@ -72,8 +72,8 @@ private:
     int fd_ = -1;
 };
 
-inline std::vector<TargetVersion> list_versions(const Control& ctl) {
-    IoctlBuffer buf;
+inline std::vector<target_version> list_versions(const control& ctl) {
+    ioctl_buffer buf;
     if (int err = ctl.run(DM_LIST_VERSIONS, buf))
         fail(err, "DM_LIST_VERSIONS failed");
     auto versions = buf.versions();
@@ -82,7 +82,7 @@ inline std::vector<TargetVersion> list_versions(const Control& ctl) {
     return *versions;
 }
 
-inline std::optional<TargetVersion> find_target(const Control& ctl, std::string_view type) {
+inline std::optional<target_version> find_target(const control& ctl, std::string_view type) {
     for (auto& v : list_versions(ctl))
         if (v.name == type)
             return v;
@@ -93,17 +93,17 @@ inline std::optional<TargetVersion> find_target(const Control& ctl, std::string_
 
 // The `user` target's version, or nullopt when device-mapper has no such target (the dm-user
 // module is not loaded). Throws when device-mapper itself is unavailable.
-inline std::optional<dm::TargetVersion> user_target_version() {
-    return dm::find_target(dm::Control{}, user_target_type);
+inline std::optional<dm::target_version> user_target_version() {
+    return dm::find_target(dm::control{}, user_target_type);
 }
 
 // One dm-user device. Owning: the destructor removes the device (and its node) unless release()d.
-class Device {
+class device {
 public:
-    static Device create(const UserTable& table) {
+    static device create(const user_table& table) {
         if (auto why = user_table_problem(table))
             dm::fail(EINVAL, *why);
-        Device dev;
+        device dev;
         dev.table_ = table;
         auto version = dm::find_target(*dev.ctl_, user_target_type);
         if (!version)
@@ -111,7 +111,7 @@ public:
                              "target)");
         dev.version_ = *version;
 
-        dm::IoctlBuffer buf(table.name);
+        dm::ioctl_buffer buf(table.name);
         if (int err = dev.ctl_->run(DM_DEV_CREATE, buf)) {
             if (err == EBUSY) // what DM says for a name it has: not "busy" to a reader
                 dm::fail(EEXIST, fmt::format("device name '{}' is already in use", table.name));
@@ -120,7 +120,7 @@ public:
         dev.owned_ = true; // from here on, a failure removes what was made
         dev.devno_ = static_cast<dev_t>(buf.header().dev);
 
-        buf.reset(dm::IoctlBuffer::default_data_size);
+        buf.reset(dm::ioctl_buffer::default_data_size);
         if (table.read_only)
             buf.header().flags |= DM_READONLY_FLAG;
         buf.add_target(0, table.sectors, user_target_type, table.params(version->major));
@@ -130,7 +130,7 @@ public:
                                  "log says why; is /dev/dm-user/{} taken?)",
                                  table.line(version->major), table.name, table.control_name()));
 
-        buf.reset(dm::IoctlBuffer::default_data_size);
+        buf.reset(dm::ioctl_buffer::default_data_size);
         if (int err = dev.ctl_->run(DM_DEV_SUSPEND, buf)) // no DM_SUSPEND_FLAG: resume
             dm::fail(err, fmt::format("cannot resume '{}'", table.name));
         dev.devno_ = static_cast<dev_t>(buf.header().dev);
@@ -141,17 +141,17 @@ public:
     // Takes charge of an existing dm-user device `table.name` (after a daemon was killed, say):
     // its table must be the `user` target with table.control_name() and table.sectors. The
     // handle then owns it, and makes the /dev/mapper node if it is missing.
-    static Device adopt(const UserTable& table) {
+    static device adopt(const user_table& table) {
         if (auto why = user_table_problem(table))
             dm::fail(EINVAL, *why);
-        Device dev;
+        device dev;
         dev.table_ = table;
         if (auto version = dm::find_target(*dev.ctl_, user_target_type))
             dev.version_ = *version;
         else
             dm::fail(ENODEV, "the dm-user module is not loaded (device-mapper has no 'user' "
                              "target)");
-        dm::IoctlBuffer buf(table.name);
+        dm::ioctl_buffer buf(table.name);
         buf.header().flags = DM_STATUS_TABLE_FLAG;
         if (int err = dev.ctl_->run(DM_TABLE_STATUS, buf))
             dm::fail(err, err == ENXIO ? fmt::format("there is no device '{}'", table.name)
@@ -171,8 +171,8 @@ public:
         return dev;
     }
 
-    Device(Device&& o) noexcept { *this = std::move(o); }
-    Device& operator=(Device&& o) noexcept {
+    device(device&& o) noexcept { *this = std::move(o); }
+    device& operator=(device&& o) noexcept {
         if (this != &o) {
             (void)remove();
             ctl_ = std::move(o.ctl_);
@@ -183,7 +183,7 @@ public:
         }
         return *this;
     }
-    ~Device() { (void)remove(); }
+    ~device() { (void)remove(); }
 
     const std::string& name() const { return table_.name; }
     std::string path() const { return fmt::format("/dev/{}/{}", DM_DIR, table_.name); }
@@ -191,13 +191,13 @@ public:
         return fmt::format("/dev/dm-user/{}", table_.control_name());
     }
     std::uint64_t size_bytes() const { return table_.sectors * 512; }
-    const UserTable& table() const { return table_; }
+    const user_table& table() const { return table_; }
     dev_t devno() const { return devno_; }
-    const dm::TargetVersion& target_version() const { return version_; }
+    const dm::target_version& target_version() const { return version_; }
 
     // The target's raw status line (`dmsetup status` after "0 <len> user ").
     std::string status_line() const {
-        dm::IoctlBuffer buf(table_.name);
+        dm::ioctl_buffer buf(table_.name);
         if (int err = ctl_->run(DM_TABLE_STATUS, buf))
             dm::fail(err, fmt::format("cannot read the status of '{}'", table_.name));
         auto targets = buf.targets();
@@ -205,7 +205,7 @@ public:
             dm::fail(EPROTO, fmt::format("status of '{}': unexpected answer", table_.name));
         return (*targets)[0].params;
     }
-    UserTargetStatus status() const { return UserTargetStatus::parse(status_line()); }
+    user_target_status status() const { return user_target_status::parse(status_line()); }
 
     // Removes the device and its node; an open device (EBUSY) is retried for up to `patience`.
     // Returns the errno-style code of the last failure; the handle stays owning on failure so a
@@ -218,7 +218,7 @@ public:
             const auto deadline = std::chrono::steady_clock::now() + patience;
             int err = 0;
             for (;;) {
-                dm::IoctlBuffer buf(table_.name);
+                dm::ioctl_buffer buf(table_.name);
                 err = ctl_->run(DM_DEV_REMOVE, buf);
                 if (err != EBUSY || std::chrono::steady_clock::now() >= deadline)
                     break;
@@ -238,7 +238,7 @@ public:
     void release() noexcept { owned_ = false; }
 
 private:
-    Device() : ctl_(std::make_unique<dm::Control>()) {}
+    device() : ctl_(std::make_unique<dm::control>()) {}
 
     // /dev/mapper/NAME: what udev would make. A stale node of that name is replaced.
     void make_node() {
@@ -262,9 +262,9 @@ private:
             ::unlink(p.c_str());
     }
 
-    std::unique_ptr<dm::Control> ctl_;
-    UserTable table_;
-    dm::TargetVersion version_;
+    std::unique_ptr<dm::control> ctl_;
+    user_table table_;
+    dm::target_version version_;
     dev_t devno_ = 0;
     bool owned_ = false;
 };

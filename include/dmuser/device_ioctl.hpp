@@ -25,24 +25,24 @@ namespace dmuser::dm {
 // whose major matches and whose minor is not newer than its own, and answers with its own.
 inline constexpr std::uint32_t ioctl_version[3] = {4, 0, 0};
 
-struct TargetLine {
+struct target_line {
     std::uint64_t start = 0; // sectors
     std::uint64_t length = 0;
     std::string type;
     std::string params; // status line or table parameters, depending on the request
 };
 
-struct TargetVersion {
+struct target_version {
     std::string name;
     std::uint32_t major = 0, minor = 0, patch = 0;
 };
 
-class IoctlBuffer {
+class ioctl_buffer {
 public:
     static constexpr std::size_t default_data_size = 16 * 1024;
 
     // A request about the device called `name` ("" for requests about no device).
-    explicit IoctlBuffer(std::string_view name = {}, std::size_t data_size = default_data_size)
+    explicit ioctl_buffer(std::string_view name = {}, std::size_t data_size = default_data_size)
         : name_(name) {
         reset(data_size);
     }
@@ -102,8 +102,8 @@ public:
 
     // The targets of a DM_TABLE_STATUS answer, in table order. nullopt when the answer is
     // malformed (a record or string running past the buffer).
-    std::optional<std::vector<TargetLine>> targets() const {
-        std::vector<TargetLine> out;
+    std::optional<std::vector<target_line>> targets() const {
+        std::vector<target_line> out;
         const auto& h = header();
         std::size_t offset = 0;
         for (std::uint32_t i = 0; i < h.target_count; ++i) {
@@ -115,7 +115,7 @@ public:
             auto params = c_string(at + sizeof spec);
             if (!params)
                 return std::nullopt;
-            TargetLine line;
+            target_line line;
             line.start = spec.sector_start;
             line.length = spec.length;
             line.type.assign(spec.target_type, strnlen(spec.target_type, DM_MAX_TYPE_NAME));
@@ -129,8 +129,8 @@ public:
     }
 
     // The entries of a DM_LIST_VERSIONS answer. nullopt when malformed.
-    std::optional<std::vector<TargetVersion>> versions() const {
-        std::vector<TargetVersion> out;
+    std::optional<std::vector<target_version>> versions() const {
+        std::vector<target_version> out;
         std::size_t at = header().data_start;
         if (at + sizeof(dm_target_versions) > answer_end())
             return out; // no target registered at all

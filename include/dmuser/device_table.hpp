@@ -20,7 +20,7 @@ namespace dmuser {
 inline constexpr std::string_view user_target_type = "user";
 
 // Everything needed to create one dm-user device.
-struct UserTable {
+struct user_table {
     std::string name;    // the dm device: /dev/mapper/<name>
     std::string control; // the daemon's channel: /dev/dm-user/<control>; empty means <name>
     std::uint64_t sectors = 0;
@@ -82,10 +82,10 @@ struct UserTable {
     std::string line() const { return fmt::format("0 {} user {}", sectors, params()); }
 };
 
-// Why a UserTable cannot be loaded, or nullopt when it can. Checked before any ioctl, so a bad
+// Why a user_table cannot be loaded, or nullopt when it can. Checked before any ioctl, so a bad
 // name fails with a sentence rather than EINVAL. The control name follows the module's rule
 // (kernel/dm-user/README.md): 1-64 of [A-Za-z0-9-_.+:@], not "." or "..".
-inline std::optional<std::string> user_table_problem(const UserTable& t) {
+inline std::optional<std::string> user_table_problem(const user_table& t) {
     if (t.name.empty() || t.name.size() >= 128 || t.name == "." || t.name == "..")
         return fmt::format("device name '{}' must be 1 to 127 characters", t.name);
     for (char c : t.name)
@@ -108,7 +108,7 @@ inline std::optional<std::string> user_table_problem(const UserTable& t) {
 
 // Why a device whose one `user` target has the table line `params` (what the target reports:
 // "<start> <length> <control> ...") cannot be adopted as `t`, or nullopt when it can.
-inline std::optional<std::string> user_adoption_problem(const UserTable& t,
+inline std::optional<std::string> user_adoption_problem(const user_table& t,
                                                         std::string_view params) {
     // Android's target has no .status, so its table line is empty: nothing to check, and
     // the name is taken on trust (a wrong one fails when the daemon opens the control).
@@ -132,7 +132,7 @@ inline std::optional<std::string> user_adoption_problem(const UserTable& t,
 // as key=value (the module's: queued, inflight_read, inflight_write, inflight_other, completed,
 // errors, channels). Tokens that are not key=value are kept in order, so a newer module's
 // additions parse too.
-struct UserTargetStatus {
+struct user_target_status {
     std::map<std::string, std::uint64_t, std::less<>> counters;
     std::map<std::string, std::string, std::less<>> values; // key=value whose value is not a number
     std::vector<std::string> words;
@@ -144,8 +144,8 @@ struct UserTargetStatus {
         return it->second;
     }
 
-    static UserTargetStatus parse(std::string_view line) {
-        UserTargetStatus s;
+    static user_target_status parse(std::string_view line) {
+        user_target_status s;
         std::size_t i = 0;
         while (i < line.size()) {
             while (i < line.size() && (line[i] == ' ' || line[i] == '\t' || line[i] == '\n'))

@@ -48,7 +48,7 @@ struct device_options {
     server_options server{};
     // Called once the device serves, with how many channels serve it, on a server thread;
     // must not block.
-    std::function<void(const Device&, std::size_t channels)> on_ready{};
+    std::function<void(const device&, std::size_t channels)> on_ready{};
     // After the device is removed, the server normally ends on ENOTBLK at once; if it has not
     // after this long, it is stopped.
     std::chrono::milliseconds stop_after_removal = std::chrono::seconds(5);
@@ -56,8 +56,8 @@ struct device_options {
 
 // The table for `store`: its size, and options that turn off what it cannot honour.
 template <BlockStore S>
-UserTable table_for(const S& store, const device_options& o) {
-    UserTable table;
+user_table table_for(const S& store, const device_options& o) {
+    user_table table;
     table.name = o.name;
     table.control = o.control;
     table.sectors = static_cast<std::uint64_t>(const_cast<S&>(store).size()) / 512;
@@ -87,8 +87,8 @@ inline void signal_eventfd(int fd) noexcept {
 // Creates the device for `store` (or adopts it, with o.attach): throws std::system_error
 // with a one-line reason (the module not loaded, the name taken, the table refused...).
 template <BlockStore S>
-Device open_device(const S& store, const device_options& o) {
-    const UserTable table = table_for(store, o);
+device open_device(const S& store, const device_options& o) {
+    const user_table table = table_for(store, o);
     if (table.name.empty())
         throw std::system_error(std::make_error_code(std::errc::invalid_argument),
                                 "the device needs a name");
@@ -99,7 +99,7 @@ Device open_device(const S& store, const device_options& o) {
                                            : fmt::format("the device size {} is not a multiple "
                                                          "of 512 bytes",
                                                          const_cast<S&>(store).size()));
-    return o.attach ? Device::adopt(table) : Device::create(table);
+    return o.attach ? device::adopt(table) : device::create(table);
 }
 
 // Serves `dev` until a signal removes it, or it is removed from outside; then removes it
@@ -107,7 +107,7 @@ Device open_device(const S& store, const device_options& o) {
 // `relay`: one made before the device, so that a signal that came meanwhile is counted and
 // acted on now (null: one is made here).
 template <BlockStore S>
-int serve_device(S& store, Device& dev, device_options o, signal_relay* relay = nullptr) {
+int serve_device(S& store, device& dev, device_options o, signal_relay* relay = nullptr) {
     std::optional<signal_relay> own_relay;
     unique_fd server_ended(::eventfd(0, EFD_CLOEXEC));
     try {
@@ -195,7 +195,7 @@ int serve_device(S& store, Device& dev, device_options o, signal_relay* relay = 
 template <BlockStore S>
 int serve_device(S& store, device_options o) {
     std::optional<signal_relay> signals;
-    std::optional<Device> dev;
+    std::optional<device> dev;
     try {
         signals.emplace(); // first: a signal from here on is acted on once the device serves
         dev.emplace(open_device(store, o));

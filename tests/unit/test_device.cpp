@@ -9,18 +9,18 @@
 #include <string>
 #include <vector>
 
-using dmuser::UserTable;
-using dmuser::UserTargetStatus;
-using dmuser::dm::IoctlBuffer;
+using dmuser::user_table;
+using dmuser::user_target_status;
+using dmuser::dm::ioctl_buffer;
 
 namespace {
 
-unsigned char* raw(IoctlBuffer& b) {
+unsigned char* raw(ioctl_buffer& b) {
     return static_cast<unsigned char*>(b.data());
 }
 
 // Writes a status record at `offset` from the data start; returns the aligned end offset.
-std::size_t put_status_record(IoctlBuffer& b, std::size_t offset, std::uint64_t start,
+std::size_t put_status_record(ioctl_buffer& b, std::size_t offset, std::uint64_t start,
                               std::uint64_t len, const char* type, const char* params) {
     dm_target_spec spec{};
     spec.sector_start = start;
@@ -38,7 +38,7 @@ std::size_t put_status_record(IoctlBuffer& b, std::size_t offset, std::uint64_t 
 } // namespace
 
 TEST_CASE("a fresh ioctl buffer carries version, name and sizes", "[device][ioctl]") {
-    IoctlBuffer b("disk0", 1000);
+    ioctl_buffer b("disk0", 1000);
     const auto& h = b.header();
     CHECK(h.version[0] == 4);
     CHECK(h.version[1] == 0);
@@ -53,12 +53,12 @@ TEST_CASE("a fresh ioctl buffer carries version, name and sizes", "[device][ioct
 }
 
 TEST_CASE("a name longer than DM_NAME_LEN is cut and stays NUL-terminated", "[device][ioctl]") {
-    IoctlBuffer b(std::string(300, 'x'));
+    ioctl_buffer b(std::string(300, 'x'));
     CHECK(std::strlen(b.header().name) == DM_NAME_LEN - 1);
 }
 
 TEST_CASE("table load records are packed with relative next and padding", "[device][ioctl]") {
-    IoctlBuffer b("d");
+    ioctl_buffer b("d");
     REQUIRE(b.add_target(0, 2048, "user", "0 2048 ctl"));
     REQUIRE(b.add_target(2048, 8, "zero", ""));
     CHECK(b.header().target_count == 2);
@@ -81,7 +81,7 @@ TEST_CASE("table load records are packed with relative next and padding", "[devi
 }
 
 TEST_CASE("add_target refuses what does not fit, grow makes room", "[device][ioctl]") {
-    IoctlBuffer b("d", 64);
+    ioctl_buffer b("d", 64);
     CHECK_FALSE(b.add_target(0, 1, "a-type-name-too-long", ""));
     const std::string params(200, 'p');
     CHECK_FALSE(b.add_target(0, 1, "user", params));
@@ -96,7 +96,7 @@ TEST_CASE("add_target refuses what does not fit, grow makes room", "[device][ioc
 }
 
 TEST_CASE("status answers are read with next counted from the first record", "[device][ioctl]") {
-    IoctlBuffer b("d");
+    ioctl_buffer b("d");
     auto end = put_status_record(b, 0, 0, 100, "user", "queued=0 completed=12");
     end = put_status_record(b, end, 100, 50, "zero", "");
     end = put_status_record(b, end, 150, 7, "error", "e");
@@ -118,7 +118,7 @@ TEST_CASE("status answers are read with next counted from the first record", "[d
 }
 
 TEST_CASE("a status answer that runs past the data is rejected", "[device][ioctl]") {
-    IoctlBuffer b("d", 256);
+    ioctl_buffer b("d", 256);
     put_status_record(b, 0, 0, 100, "user", "abc");
     b.header().target_count = 1;
     // The kernel says it wrote less than the record: the string has no NUL inside the answer.
@@ -133,7 +133,7 @@ TEST_CASE("a status answer that runs past the data is rejected", "[device][ioctl
 }
 
 TEST_CASE("version lists are read with next counted from each entry", "[device][ioctl]") {
-    IoctlBuffer b;
+    ioctl_buffer b;
     auto* data = raw(b) + b.header().data_start;
     auto put = [&](std::size_t at, const char* name, std::uint32_t major, std::uint32_t minor,
                    std::uint32_t next) {
@@ -164,7 +164,7 @@ TEST_CASE("version lists are read with next counted from each entry", "[device][
 }
 
 TEST_CASE("an empty version answer is an empty list", "[device][ioctl]") {
-    IoctlBuffer b;
+    ioctl_buffer b;
     b.header().data_size = offsetof(dm_ioctl, data);
     auto versions = b.versions();
     REQUIRE(versions);
@@ -172,7 +172,7 @@ TEST_CASE("an empty version answer is an empty list", "[device][ioctl]") {
 }
 
 TEST_CASE("the user table line", "[device][table]") {
-    UserTable t;
+    user_table t;
     t.name = "disk";
     t.sectors = 2048;
     CHECK(t.line() == "0 2048 user 0 2048 disk");
@@ -192,7 +192,7 @@ TEST_CASE("the user table line", "[device][table]") {
 }
 
 TEST_CASE("Android's user target (1.x) gets exactly its three arguments", "[device][table]") {
-    UserTable t;
+    user_table t;
     t.name = "rd";
     t.sectors = 262144;
     t.no_flush = true;
@@ -208,7 +208,7 @@ TEST_CASE("Android's user target (1.x) gets exactly its three arguments", "[devi
 
 TEST_CASE("adoption checks the control name, and takes an empty table line on trust",
           "[device][table]") {
-    UserTable t;
+    user_table t;
     t.name = "rd";
     t.sectors = 2048;
     CHECK_FALSE(dmuser::user_adoption_problem(t, "0 2048 rd"));
@@ -220,7 +220,7 @@ TEST_CASE("adoption checks the control name, and takes an empty table line on tr
 }
 
 TEST_CASE("bad table input is named before any ioctl", "[device][table]") {
-    UserTable t;
+    user_table t;
     t.name = "disk";
     t.sectors = 8;
     CHECK_FALSE(dmuser::user_table_problem(t));
@@ -254,9 +254,9 @@ TEST_CASE("bad table input is named before any ioctl", "[device][table]") {
 }
 
 TEST_CASE("status lines parse into counters, values and words", "[device][status]") {
-    auto s =
-        UserTargetStatus::parse("  v2.0.0 queued=3 inflight_read=1\tcompleted=18446744073709551615 "
-                                "mode=rw errors=x12 =odd\n");
+    auto s = user_target_status::parse(
+        "  v2.0.0 queued=3 inflight_read=1\tcompleted=18446744073709551615 "
+        "mode=rw errors=x12 =odd\n");
     CHECK(s.counter("queued") == 3u);
     CHECK(s.counter("inflight_read") == 1u);
     CHECK(s.counter("completed") == 18446744073709551615ull);
@@ -266,7 +266,7 @@ TEST_CASE("status lines parse into counters, values and words", "[device][status
     REQUIRE(s.words.size() == 2);
     CHECK(s.words[0] == "v2.0.0");
     CHECK(s.words[1] == "=odd");
-    CHECK(UserTargetStatus::parse("").counters.empty());
+    CHECK(user_target_status::parse("").counters.empty());
 }
 
 namespace {
@@ -289,7 +289,7 @@ void keep(dmuser::log::level, std::string_view line) {
 
 TEST_CASE("serve_device's table turns off what the store cannot do", "[device][serve]") {
     dmuser::device_options o{.name = "d", .control = "c", .read_only = true};
-    UserTable plain = dmuser::table_for(plain_store{}, o);
+    user_table plain = dmuser::table_for(plain_store{}, o);
     CHECK(plain.sectors == 2048);
     CHECK(plain.read_only);
     CHECK(plain.control_name() == "c");
