@@ -6,6 +6,7 @@
 #include "cli.hpp"
 #include "dmuser/block_store.hpp"
 #include "dmuser/device.hpp"
+#include "dmuser/sd_notify.hpp"
 #include "dmuser/serve_device.hpp"
 #include "dmuser/signal_relay.hpp"
 #include "filter_cli.hpp"
@@ -185,6 +186,8 @@ int serve_store(const char* prog, S& store, const DaemonOptions& o, const std::s
         fmt::print("{}: serving {} ({}) from {}, {} channel(s) on {} thread(s)\n", prog, dev.path(),
                    human_size(store.size()), what, channels, o.threads);
         std::fflush(stdout);
+        if (auto ec = sd_notify(fmt::format("READY=1\nSTATUS=serving {}", dev.path())))
+            say(fmt::format("cannot tell the service manager it is ready: {}", ec.message()));
     };
     // A signal from here on is counted, and acted on once the device serves.
     std::optional<signal_relay> signals;
