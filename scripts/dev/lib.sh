@@ -34,6 +34,10 @@ BUILD_PKGS=(g++ meson ninja-build pkg-config liburing-dev libfmt-dev catch2 libz
 # Packages for the SDK's libFuzzer targets (tests/fuzz/, scripts/dev/test-fuzz.sh): clang and
 # clang 14's libFuzzer runtime. Only build-fuzz/ uses them; the C++ tree builds with g++.
 FUZZ_PKGS=(clang libclang-rt-14-dev)
+# Packages to build the Debian packages and test them (./dev package, scripts/dev/test-pkg.sh):
+# the build and lintian; dkms (dm-user-dkms's dependency), cmake for find_package(dmuser),
+# udev for the guest's udevd, systemd for systemd-analyze verify, python3 for the tests' JSON.
+PKG_PKGS=(debhelper dh-dkms dpkg-dev fakeroot lintian help2man dkms cmake udev systemd python3)
 # Packages to build the module and run it in a VM.
 VM_PKGS=(make gcc linux-headers-amd64 linux-image-amd64 qemu-system-x86 busybox-static
     fio dmsetup e2fsprogs kmod cpio gdisk)
