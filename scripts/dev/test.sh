@@ -1,6 +1,9 @@
 # ./dev test: every suite, each test reported by name, then "N passed, N failed".
-#   ./dev test            host unit tests, the same under ASan+UBSan, then the VM tests
+#   ./dev test            host unit tests, the same under ASan+UBSan, the packages, then
+#                         the VM tests
 #   ./dev test host       host suites only
+#   ./dev test package    the Debian packages only: build, lintian, install on this host,
+#                         one VM boot, remove (scripts/dev/test-pkg.sh)
 #   ./dev test vm [GLOB]  VM suites only (GLOB picks tests/vm/*.sh files)
 #   --kernel NAME         the VM suites boot NAME: stock (default), debug
 #                         (KASAN, lockdep, kmemleak...: ./dev kernel debug builds
@@ -8,6 +11,7 @@
 #                         suites only, unless host or all is asked for.
 source "$DEV_ROOT/scripts/dev/test-host.sh"
 source "$DEV_ROOT/scripts/dev/test-vm.sh"
+source "$DEV_ROOT/scripts/dev/test-pkg.sh"
 
 dev_test() {
     local -a args=()
@@ -29,11 +33,13 @@ dev_test() {
     case "$what" in
         all)
             host_tests
+            package_tests
             vm_tests "$@"
             ;;
         host) host_tests ;;
+        package) package_tests ;;
         vm) vm_tests "$@" ;;
-        *) die "usage: ./dev test [all|host|vm [GLOB]] [--kernel stock|debug|rt]" ;;
+        *) die "usage: ./dev test [all|host|package|vm [GLOB]] [--kernel stock|debug|rt]" ;;
     esac
     say "tests took $((SECONDS - start)) s"
     if [ "$DEV_FAILED" -gt 0 ]; then
