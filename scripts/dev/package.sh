@@ -2,6 +2,15 @@
 # dpkg-buildpackage -us -uc from a copy of the tree in build-pkg/, then lintian them.
 # The packages land in build-pkg/; a second run with the same sources reuses them.
 
+# pkg_sources: NUL-separated, the files of the tree as it is now: what git tracks and the
+# new files it does not ignore, less those deleted and not yet committed.
+pkg_sources() {
+    local f
+    (cd "$DEV_ROOT" && git ls-files -co --exclude-standard -z) | while IFS= read -r -d '' f; do
+        if [ -e "$DEV_ROOT/$f" ] || [ -L "$DEV_ROOT/$f" ]; then printf '%s\0' "$f"; fi
+    done
+}
+
 # pkg_build: set PKG_DIR (build-pkg/) and PKG_DEBS (the .debs of the tree as it is now,
 # committed or not); builds them unless this exact source was built already.
 pkg_build() {
@@ -12,9 +21,7 @@ pkg_build() {
     src="$PKG_DIR/dm-user-$version"
     log="$PKG_DIR/build.log"
     mkdir -p "$PKG_DIR"
-    # The source is what git tracks plus new files it does not ignore, as they are now.
-    key=$(cd "$DEV_ROOT" && git ls-files -co --exclude-standard -z |
-        xargs -0 sha256sum 2>/dev/null | sha256sum | cut -d' ' -f1)
+    key=$(pkg_sources | (cd "$DEV_ROOT" && xargs -0 sha256sum) | sha256sum | cut -d' ' -f1)
     PKG_DEBS=("$PKG_DIR"/dm-user-dkms_"$version"_all.deb "$PKG_DIR"/libdmuser-dev_"$version"_all.deb
         "$PKG_DIR"/dmuser-tools_"$version"_"$(dpkg --print-architecture)".deb)
     if [ "$(cat "$PKG_DIR/source.key" 2>/dev/null)" = "$key" ] && ls "${PKG_DEBS[@]}" >/dev/null 2>&1; then
@@ -23,7 +30,7 @@ pkg_build() {
     fi
     rm -rf "$src" "$PKG_DIR"/*.deb "$PKG_DIR"/*.changes "$PKG_DIR"/source.key
     mkdir -p "$src"
-    (cd "$DEV_ROOT" && git ls-files -co --exclude-standard -z | xargs -0 tar -cf - --no-recursion) |
+    pkg_sources | tar -C "$DEV_ROOT" -cf - --no-recursion --null -T - |
         tar -C "$src" -xf - || die "cannot copy the tree to $src"
     say "dpkg-buildpackage -us -uc (log: build-pkg/build.log)"
     if ! (cd "$src" && nice dpkg-buildpackage -us -uc >"$log" 2>&1); then
@@ -38,7 +45,7 @@ pkg_build() {
 # reports no errors. Its report is build-pkg/lintian.log.
 pkg_lintian() {
     local changes=("$PKG_DIR"/dm-user_*.changes)
-    lintian --fail-on error --no-tag-display-limit "${changes[0]}" >"$PKG_DIR/lintian.log" 2>&1
+    lintian --fail-on error --tag-display-limit 0 "${changes[0]}" >"$PKG_DIR/lintian.log" 2>&1
 }
 
 dev_package() {

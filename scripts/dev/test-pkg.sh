@@ -26,6 +26,12 @@ pkg_check() {
 }
 
 pkg_apt_install() {
+    # A copy left by an interrupted run has the same version: apt would keep it, not install
+    # what was just built.
+    if dpkg-query -W -f='${Status}\n' "${PKG_NAMES[@]}" 2>/dev/null | grep -q 'ok installed'; then
+        echo "removing the packages a previous run left installed"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q "${PKG_NAMES[@]}" || return 1
+    fi
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
         "${PKG_DEBS[@]}"
 }
