@@ -53,7 +53,7 @@ std::string json_string(std::string_view s) {
     return out + "\"";
 }
 
-std::string json_counters(const dmuser::UserTargetStatus& s) {
+std::string json_counters(const dmuser::user_target_status& s) {
     std::string out = "{";
     for (const auto& [key, value] : s.counters)
         out += fmt::format("{}{}: {}", out.size() > 1 ? ", " : "", json_string(key), value);
@@ -81,7 +81,7 @@ std::string pid_list(const std::vector<int>& pids) {
 }
 
 int cmd_list(bool json) {
-    const dmuser::dm::Control ctl;
+    const dmuser::dm::control ctl;
     const auto devices = list_user_devices(ctl);
     if (json) {
         std::string out = "[";
@@ -101,7 +101,7 @@ int cmd_list(bool json) {
     return 0;
 }
 
-user_device need_device(const dmuser::dm::Control& ctl, const std::string& name) {
+user_device need_device(const dmuser::dm::control& ctl, const std::string& name) {
     auto d = read_user_device(ctl, name);
     if (!d)
         throw std::runtime_error(fmt::format("there is no dm-user device '{}'", name));
@@ -111,7 +111,7 @@ user_device need_device(const dmuser::dm::Control& ctl, const std::string& name)
 volatile std::sig_atomic_t interrupted = 0;
 
 int cmd_status(const std::string& name, bool json, unsigned watch_secs) {
-    const dmuser::dm::Control ctl;
+    const dmuser::dm::control ctl;
     std::signal(SIGINT, [](int) { interrupted = 1; });
     std::signal(SIGTERM, [](int) { interrupted = 1; });
     for (;;) {
@@ -136,9 +136,9 @@ int cmd_status(const std::string& name, bool json, unsigned watch_secs) {
 }
 
 int cmd_remove(const std::string& name, bool json, unsigned wait_secs) {
-    const dmuser::dm::Control ctl;
+    const dmuser::dm::control ctl;
     const auto d = need_device(ctl, name);
-    dmuser::dm::IoctlBuffer buf(name);
+    dmuser::dm::ioctl_buffer buf(name);
     if (int err = ctl.run(DM_DEV_REMOVE, buf)) {
         if (err == EBUSY)
             throw std::runtime_error(fmt::format(

@@ -22,14 +22,14 @@ struct user_device {
     std::string control; // /dev/dm-user/CONTROL
     std::uint64_t sectors = 0;
     std::string table; // the target's table parameters, as `dmsetup table` prints them
-    UserTargetStatus status;
+    user_target_status status;
     std::vector<int> daemon_pids; // processes holding the control node open
 };
 
 // The device names in a DM_LIST_DEVICES answer: dm_name_list records, each `next` bytes after
 // the last (0 ends the list), with the name at offsetof(name), not at sizeof: the struct is
 // padded after its flexible array's start. A record or name running past the answer ends it.
-inline std::vector<std::string> parse_name_list(dm::IoctlBuffer& buf) {
+inline std::vector<std::string> parse_name_list(dm::ioctl_buffer& buf) {
     constexpr std::size_t name_at = offsetof(dm_name_list, name);
     std::vector<std::string> names;
     const auto* base = static_cast<const unsigned char*>(buf.data());
@@ -55,8 +55,8 @@ inline std::vector<std::string> parse_name_list(dm::IoctlBuffer& buf) {
 }
 
 // The names of every device-mapper device (any target).
-inline std::vector<std::string> dm_device_names(const dm::Control& ctl) {
-    dm::IoctlBuffer buf;
+inline std::vector<std::string> dm_device_names(const dm::control& ctl) {
+    dm::ioctl_buffer buf;
     if (int err = ctl.run(DM_LIST_DEVICES, buf))
         dm::fail(err, "DM_LIST_DEVICES failed");
     return parse_name_list(buf);
@@ -97,9 +97,9 @@ inline std::vector<int> pids_holding(const std::string& node) {
 }
 
 // Device `name` if it is a dm-user device (one `user` target), else nullopt.
-inline std::optional<user_device> read_user_device(const dm::Control& ctl,
+inline std::optional<user_device> read_user_device(const dm::control& ctl,
                                                    const std::string& name) {
-    dm::IoctlBuffer buf(name);
+    dm::ioctl_buffer buf(name);
     buf.header().flags = DM_STATUS_TABLE_FLAG;
     if (int err = ctl.run(DM_TABLE_STATUS, buf)) {
         if (err == ENXIO)
@@ -114,10 +114,10 @@ inline std::optional<user_device> read_user_device(const dm::Control& ctl,
     d.sectors = (*table)[0].length;
     d.table = (*table)[0].params;
     // "<start> <length> <control> [<#opts> <opt>...]"
-    const auto words = UserTargetStatus::parse(d.table).words;
+    const auto words = user_target_status::parse(d.table).words;
     d.control = words.size() >= 3 ? words[2] : std::string{};
 
-    buf.reset(dm::IoctlBuffer::default_data_size);
+    buf.reset(dm::ioctl_buffer::default_data_size);
     if (int err = ctl.run(DM_TABLE_STATUS, buf)) {
         if (err == ENXIO)
             return std::nullopt;
@@ -125,13 +125,13 @@ inline std::optional<user_device> read_user_device(const dm::Control& ctl,
     }
     auto status = buf.targets();
     if (status && status->size() == 1)
-        d.status = UserTargetStatus::parse((*status)[0].params);
+        d.status = user_target_status::parse((*status)[0].params);
     if (!d.control.empty())
         d.daemon_pids = pids_holding("/dev/dm-user/" + d.control);
     return d;
 }
 
-inline std::vector<user_device> list_user_devices(const dm::Control& ctl) {
+inline std::vector<user_device> list_user_devices(const dm::control& ctl) {
     std::vector<user_device> out;
     for (const auto& name : dm_device_names(ctl))
         if (auto d = read_user_device(ctl, name))
