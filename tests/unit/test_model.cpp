@@ -112,6 +112,20 @@ TEST_CASE("model: random ops on a memory store, Part 2, 2 threads x 4 channels")
     run_model(store, fo, {.threads = 2, .channels = 4, .depth = 8}, 500, 1);
 }
 
+TEST_CASE("model: Part 2 over the fake's stream channels, which read as the module does") {
+    fake_options fo;
+    fo.stream = true;
+    fo.device_bytes = 8 << 20;
+    fo.max_payload = 32 << 10; // a request then fits one socket buffer, so it shows whole
+    test::mem_store store(fo.device_bytes);
+    run_model(store, fo, {.threads = 2, .channels = 4, .depth = 8}, 500, 11);
+    // write_view: a WRITE over 8 KiB is read in two, its rest with the channel's next read.
+    test::landing_store lander(fo.device_bytes);
+    run_model(lander, fo, {.threads = 2, .channels = 2, .depth = 4, .write_view_above = 8192}, 400,
+              12);
+    CHECK(lander.landed_writes > 0);
+}
+
 TEST_CASE("model: random ops on a memory store, Part 1, 4 channels") {
     fake_options fo;
     fo.part2 = false;

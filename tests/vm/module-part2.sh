@@ -234,7 +234,24 @@ t_no_polled_io() {
     [ "$(cat "$poll")" = 0 ] || fail "io_poll after a reload: '$(cat "$poll")'"
 }
 
+# The scripted daemon of tests/conformance against the module and against the fake
+# kernel in this guest: what it saw must be the same, and the same as expected.txt (the
+# host's test compares the fake with that file).
+t_conformance() {
+    local prog=$VMT_BUILD/tests/dmuser-conformance
+    need_cmd "$prog"
+    run_bounded 120 "$prog" --module >/tmp/conformance-module.txt ||
+        fail "the scripted daemon failed on the module"
+    run_bounded 120 "$prog" --fake >/tmp/conformance-fake.txt ||
+        fail "the scripted daemon failed on the fake kernel"
+    diff -u /tmp/conformance-module.txt /tmp/conformance-fake.txt ||
+        fail "the fake kernel differs from the module (diff above)"
+    diff -u "$DEV_ROOT/tests/conformance/expected.txt" /tmp/conformance-module.txt ||
+        fail "the module differs from tests/conformance/expected.txt (diff above)"
+}
+
 mtest part2-version t_version 120
+mtest part2-conformance-fake-and-module t_conformance 300
 mtest part2-poll-nonblock t_poll_nonblock 120
 mtest part2-uring-qd32-no-workers t_uring_qd32 120
 mtest part2-whole-message t_whole_message 120

@@ -1,20 +1,31 @@
 // dmuser/testing/fake_kernel.hpp: the kernel side of the dm-user protocol, in-process,
 // over socketpairs, so a server (and a user's store) can be tested without the module.
 //
-// Part 2 behaviour: SOCK_SEQPACKET channels, so every read returns one whole request and
-// every write is one response message (several back to back are accepted), and
-// query() answers like DM_USER_IOC_GET_INFO. A request longer than the daemon's reads
-// (channel_source::reads_of) goes in two datagrams, cut where the module would end the
-// first read; the rest comes with the next read, as from the module, provided that read
-// takes all of it (a datagram's excess is lost, where the module would keep it).
-// Part 1 (Android's module): SOCK_STREAM channels read header then payload, query()
-// reports ENOTTY.
+// Reads. A stream channel (Part 1 always; Part 2 with fake_options::stream) is a byte
+// stream that holds one request at a time: the next is offered once the daemon has read
+// all of the last, and a read that takes a request's end stops there (see send_stream).
+// So a read of any size gets what the module's would, the request's next bytes and never
+// bytes of two requests, the rest coming with the next read (checked against the module
+// by tests/conformance). One difference remains: a request of more than 32 KiB may show
+// to a read that races its sending in pieces, where the module's would have had it all. A Part 2
+// datagram channel (the default: it keeps every request whole however large, and queues many at
+// once, as the module does) sends each request as one datagram, cut where the daemon's reads end
+// when it declared their size (channel_source::reads_of; the server does), since a datagram's
+// excess would be lost. query() answers like DM_USER_IOC_GET_INFO; Part 1 reports ENOTTY.
 //
-// The fake checks the daemon: a response for a seq its channel does not hold, a READ
-// answer of the wrong size, or trailing garbage is recorded in violations() (the module
-// would fail that write with EINVAL). Faults to inject: raw bytes (malformed messages),
-// requests sent in small pieces (short reads), delays, the target's removal (EOF). Part 2
-// messages can also come in two reads (`split`), as the module gives a short buffer.
+// Writes. Responses are parsed as the module parses a channel's writes: one or more back to
+// back, any of them in pieces across writes. What the module would refuse with an error is
+// recorded in violations() with that error (a socket cannot fail the write itself): a
+// response for a seq its channel does not hold (EINVAL), a result other than SUCCESS, ERROR
+// or UNSUPPORTED (EINVAL; the request fails, as there). A response to a request not yet
+// read in full drops its unread rest, as the module does.
+//
+// What a socket cannot show: the target's removal is end of file (the module's reads fail
+// with ENOTBLK; the server takes both for it), and requests are dealt to channels round
+// robin when submitted (the module gives each to the channel that reads next).
+//
+// Faults to inject, beyond anything the module does: raw bytes (malformed messages),
+// requests sent in small pieces, delays, response writes refused with EBUSY.
 #pragma once
 
 #include "dmuser/channel_source.hpp"
@@ -27,15 +38,20 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <fcntl.h>
+#include <fmt/format.h>
 #include <functional>
 #include <future>
+#include <linux/sockios.h>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <poll.h>
 #include <string>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <system_error>
 #include <thread>
 #include <unistd.h>
@@ -45,16 +61,18 @@ namespace dmuser::testing {
 
 struct fake_options {
     bool part2 = true;
+    // Part 2: a stream channel (see the top of this file) instead of datagrams.
+    bool stream = false;
     std::uint64_t device_bytes = 64u << 20;
     std::uint64_t max_payload = 128u << 10;
     std::uint64_t features = DM_USER_FEATURE_POLL | DM_USER_FEATURE_WHOLE_MESSAGE |
                              DM_USER_FEATURE_MULTI_RESPONSE | DM_USER_FEATURE_REQUEUE;
     std::uint64_t ops =
         DM_USER_OP_FLUSH | DM_USER_OP_DISCARD | DM_USER_OP_WRITE_ZEROES | DM_USER_OP_SECURE_ERASE;
-    // Part 1: send each request in pieces of this many bytes (0: whole), so the daemon
-    // sees short reads.
+    // Stream channels: send each request in pieces of this many bytes (0: whole), so the
+    // daemon sees reads shorter than it asked for (the module never does this).
     std::size_t piece = 0;
-    // Part 2: a message longer than this many bytes goes as two datagrams, its first
+    // Part 2 datagrams: a message longer than this many bytes goes as two datagrams, its first
     // `split` bytes then the rest, as the module answers a read of `split` bytes (the rest
     // comes with the channel's next read). 0: only where the daemon's reads are shorter
     // (channel_source::reads_of).
@@ -87,8 +105,14 @@ public:
 
     explicit fake_kernel(fake_options opts = {}) : opts_(opts) {
         wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-        if (!wake_)
-            throw std::system_error(errno, std::system_category(), "eventfd");
+        epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+        if (!wake_ || !epoll_)
+            throw std::system_error(errno, std::system_category(), "eventfd/epoll");
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.u64 = wake_token;
+        if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev) != 0)
+            throw std::system_error(errno, std::system_category(), "epoll_ctl");
         receiver_ = std::thread([this] { receive_loop(); });
     }
     fake_kernel(const fake_kernel&) = delete;
@@ -110,13 +134,19 @@ public:
     // --- channel_source ---------------------------------------------------------------
     unique_fd open_channel() override {
         int sv[2];
-        if (::socketpair(AF_UNIX, (opts_.part2 ? SOCK_SEQPACKET : SOCK_STREAM) | SOCK_CLOEXEC, 0,
+        if (::socketpair(AF_UNIX, (streams() ? SOCK_STREAM : SOCK_SEQPACKET) | SOCK_CLOEXEC, 0,
                          sv) != 0)
             throw std::system_error(errno, std::system_category(), "socketpair");
+        unique_fd mine(sv[0]), theirs(sv[1]);
         grow_buffers(sv[0]);
         grow_buffers(sv[1]);
         auto ch = std::make_shared<chan>();
-        ch->fd.reset(sv[0]);
+        ch->fd = std::move(mine);
+        struct stat st {};
+        if (::fstat(theirs.get(), &st) != 0)
+            throw std::system_error(errno, std::system_category(), "fstat");
+        ch->peer_fd = theirs.get();
+        ch->peer_ino = st.st_ino;
         std::vector<fake_request> backlog;
         {
             std::lock_guard lock(mutex_);
@@ -124,10 +154,16 @@ public:
             channels_.push_back(ch);
             backlog.swap(backlog_);
         }
-        poke();
+        // Edge-triggered: a stream channel's EPOLLOUT comes each time the daemon has read
+        // some of what was sent, which is when the next request may be offered.
+        epoll_event ev{};
+        ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET | (streams() ? EPOLLOUT : 0u);
+        ev.data.u64 = ch->index;
+        if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, ch->fd.get(), &ev) != 0)
+            throw std::system_error(errno, std::system_category(), "epoll_ctl");
         for (auto& r : backlog)
             dispatch_backlogged(std::move(r));
-        return unique_fd(sv[1]);
+        return theirs;
     }
     module_info query(int) override {
         module_info m;
@@ -195,7 +231,7 @@ public:
         return call({type, flags, offset / sector_size, len, {}});
     }
 
-    // Raw bytes to a channel, as one message (Part 2) or into the stream (Part 1).
+    // Raw bytes to a channel, as one message (datagrams) or into the stream.
     void inject(std::size_t channel_index, std::span<const std::byte> bytes) {
         auto ch = channel_at(channel_index);
         std::lock_guard lock(ch->send_mutex);
@@ -211,17 +247,23 @@ public:
         auto ch = channel_at(channel_index);
         request h = header;
         h.seq = seq;
+        std::vector<std::byte> msg(header_size);
+        encode_request(std::span<std::byte, header_size>(msg.data(), header_size), h);
+        msg.insert(msg.end(), extra.begin(), extra.end());
         {
             std::lock_guard lock(mutex_);
             pending_[seq] =
                 pending{ch->index, h.type, h.len,
                         [promise](fake_response r) { promise->set_value(std::move(r)); }, nullptr};
+            if (streams())
+                ch->outbox.push_back(outgoing{seq, std::move(msg)});
         }
-        std::vector<std::byte> msg(header_size);
-        encode_request(std::span<std::byte, header_size>(msg.data(), header_size), h);
-        msg.insert(msg.end(), extra.begin(), extra.end());
-        std::lock_guard lock(ch->send_mutex);
-        send_all(*ch, msg.data(), msg.size(), false);
+        if (streams()) {
+            offer(*ch);
+        } else {
+            std::lock_guard lock(ch->send_mutex);
+            send_all(*ch, msg.data(), msg.size(), false);
+        }
         return fut;
     }
 
@@ -248,19 +290,45 @@ public:
         std::lock_guard lock(mutex_);
         return channels_.size();
     }
+    // Channels the daemon has not closed (as far as the fake has seen).
+    std::size_t channels_open() const {
+        std::lock_guard lock(mutex_);
+        std::size_t open = 0;
+        for (auto& c : channels_)
+            open += !c->closed;
+        return open;
+    }
     std::uint64_t channel_flags() const { return channel_flags_; }
     std::uint64_t requeued() const { return requeued_; }
+    // Bytes of responses taken from every channel so far (violations() is up to date
+    // with them).
+    std::uint64_t response_bytes() const { return response_bytes_; }
     // Response writes failed with EBUSY so far (fake_options::refuse_responses).
     unsigned refused() const { return refused_; }
     const fake_options& options() const { return opts_; }
 
 private:
+    static constexpr std::uint64_t wake_token = ~0ull;
+
+    struct outgoing {
+        std::uint64_t seq = 0;
+        std::vector<std::byte> bytes;
+    };
     struct chan {
         std::size_t index = 0;
-        unique_fd fd;
+        unique_fd fd; // the fake's end
+        // The daemon's end, to drop a request's unread rest: its number and inode, not a
+        // copy, which would keep the channel open after the daemon closed it.
+        int peer_fd = -1;
+        ino_t peer_ino = 0;
         std::mutex send_mutex;     // keeps one request's bytes together
-        std::vector<std::byte> in; // Part 1: response bytes not yet parsed
+        std::vector<std::byte> in; // receiver thread: response bytes not yet parsed
+        // Under mutex_:
         bool closed = false;
+        std::deque<outgoing> outbox; // stream: requests not yet offered
+        bool offering = false;       // stream: a request sits in the socket, maybe partly read
+        bool sending = false;        // ...and is still being sent
+        std::uint64_t offered_seq = 0;
     };
     struct pending {
         std::size_t channel = 0;
@@ -269,6 +337,9 @@ private:
         callback done;
         std::shared_ptr<fake_request> req; // kept for DM_USER_CHANNEL_REQUEUE_ON_CLOSE
     };
+    using completions = std::vector<std::pair<callback, fake_response>>;
+
+    bool streams() const noexcept { return !opts_.part2 || opts_.stream; }
 
     static void grow_buffers(int fd) {
         int bytes = 8 << 20;
@@ -291,10 +362,16 @@ private:
         std::lock_guard lock(mutex_);
         violations_.push_back(std::move(what));
     }
+    // Bytes sent on the channel that the daemon has not read yet (a stream's skbs stay
+    // charged to the sender until read in full).
+    static std::size_t unread(const chan& ch) {
+        int n = 0;
+        return ::ioctl(ch.fd.get(), SIOCOUTQ, &n) == 0 && n > 0 ? static_cast<std::size_t>(n) : 0;
+    }
 
-    // Blocking send of a whole message (Part 2) or of stream bytes, optionally in pieces.
+    // Blocking send of a whole message (datagrams) or of stream bytes, optionally in pieces.
     void send_all(chan& ch, const std::byte* p, std::size_t n, bool pieces) {
-        if (opts_.part2) {
+        if (!streams()) {
             if (opts_.delay.count())
                 std::this_thread::sleep_for(opts_.delay);
             std::size_t first = opts_.split && n > opts_.split ? opts_.split : n;
@@ -307,11 +384,15 @@ private:
             }
             return;
         }
-        std::size_t step = pieces && opts_.piece ? opts_.piece : n;
+        // The fd goes with the request's last socket buffer (the first of a send gets it):
+        // a request of more than one (a header and 32 KiB fit in one) goes in two sends,
+        // its last 4 KiB apart.
+        constexpr std::size_t one_buffer = (32 << 10) + 512, tail = 4 << 10;
+        std::size_t step = pieces && opts_.piece ? opts_.piece : n > one_buffer ? n - tail : n;
         while (n > 0) {
             if (opts_.delay.count())
                 std::this_thread::sleep_for(opts_.delay);
-            ssize_t k = ::send(ch.fd.get(), p, std::min(step, n), MSG_NOSIGNAL);
+            ssize_t k = send_stream(ch, p, std::min(step, n), /*last=*/step >= n);
             if (k < 0) {
                 if (errno == EINTR)
                     continue;
@@ -322,8 +403,86 @@ private:
         }
     }
 
+    // The bytes that end a request carry a file descriptor (SCM_RIGHTS; a read(2) drops
+    // it unopened): a stream read that takes such bytes whole ends with them, so it never
+    // goes on into the next request, even one sent while it copies. (Only the daemon's
+    // first read of a request takes that fd; a read that ends a request begun by an earlier
+    // read stops at the request's end only if its buffer does, or nothing follows yet,
+    // which offer() makes all but certain.)
+    ssize_t send_stream(chan& ch, const std::byte* p, std::size_t n, bool last) {
+        iovec iov{const_cast<std::byte*>(p), n};
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+        if (last) {
+            msg.msg_control = control;
+            msg.msg_controllen = sizeof control;
+            cmsghdr* c = CMSG_FIRSTHDR(&msg);
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = SCM_RIGHTS;
+            c->cmsg_len = CMSG_LEN(sizeof(int));
+            const int marker = wake_.get();
+            std::memcpy(CMSG_DATA(c), &marker, sizeof marker);
+        }
+        return ::sendmsg(ch.fd.get(), &msg, MSG_NOSIGNAL);
+    }
+
+    // Stream channels: sends the next request once the daemon has read all of the last.
+    // Called after a request is queued and on each EPOLLOUT (the daemon read something).
+    void offer(chan& ch) {
+        for (;;) {
+            outgoing next;
+            {
+                std::lock_guard lock(mutex_);
+                if (ch.offering) {
+                    if (ch.sending || unread(ch) > 0)
+                        return; // its sender or the next EPOLLOUT comes back here
+                    ch.offering = false;
+                }
+                if (ch.closed || ch.outbox.empty())
+                    return;
+                next = std::move(ch.outbox.front());
+                ch.outbox.pop_front();
+                ch.offering = ch.sending = true;
+                ch.offered_seq = next.seq;
+            }
+            {
+                std::lock_guard lock(ch.send_mutex);
+                send_all(ch, next.bytes.data(), next.bytes.size(), true);
+            }
+            std::lock_guard lock(mutex_);
+            ch.sending = false; // then look again: the daemon may have read it all already
+        }
+    }
+    // The module drops what is left of a request answered before it was read in full.
+    void drop_unread_rest(chan& ch, std::uint64_t seq) {
+        {
+            std::lock_guard lock(mutex_);
+            if (!ch.offering || ch.sending || ch.offered_seq != seq)
+                return;
+        }
+        unique_fd peer(::fcntl(ch.peer_fd, F_DUPFD_CLOEXEC, 0));
+        struct stat st {};
+        if (!peer || ::fstat(peer.get(), &st) != 0 || st.st_ino != ch.peer_ino)
+            return; // the daemon closed it
+        std::byte sink[4096];
+        for (;;) {
+            int n = 0;
+            if (::ioctl(peer.get(), SIOCINQ, &n) != 0 || n <= 0)
+                return;
+            if (::recv(peer.get(), sink, std::min<std::size_t>(sizeof sink, n), MSG_DONTWAIT) <= 0)
+                return;
+        }
+    }
+
     void send_request(std::uint64_t seq, fake_request r, callback on_done) {
         std::shared_ptr<chan> ch;
+        std::vector<std::byte> msg(header_size + r.payload.size());
+        request h{seq, r.type, r.flags, r.sector, r.len, {}};
+        encode_request(std::span<std::byte, header_size>(msg.data(), header_size), h);
+        if (!r.payload.empty())
+            std::memcpy(msg.data() + header_size, r.payload.data(), r.payload.size());
         {
             std::lock_guard lock(mutex_);
             std::size_t open = 0;
@@ -339,13 +498,14 @@ private:
                 ch = channels_[next_channel_++ % channels_.size()];
             } while (ch->closed);
             pending_[seq] = pending{ch->index, r.type, r.len, std::move(on_done),
-                                    std::make_shared<fake_request>(r)};
+                                    std::make_shared<fake_request>(std::move(r))};
+            if (streams())
+                ch->outbox.push_back(outgoing{seq, std::move(msg)});
         }
-        std::vector<std::byte> msg(header_size + r.payload.size());
-        request h{seq, r.type, r.flags, r.sector, r.len, {}};
-        encode_request(std::span<std::byte, header_size>(msg.data(), header_size), h);
-        if (!r.payload.empty())
-            std::memcpy(msg.data() + header_size, r.payload.data(), r.payload.size());
+        if (streams()) {
+            offer(*ch);
+            return;
+        }
         std::lock_guard lock(ch->send_mutex);
         send_all(*ch, msg.data(), msg.size(), true);
     }
@@ -362,73 +522,58 @@ private:
         send_request(seq, std::move(r), std::move(done));
     }
 
-    // Completes seq if `channel` holds it; returns the expected payload size, or -1.
-    bool take_pending(std::size_t channel, std::uint64_t seq, pending& out) {
-        std::lock_guard lock(mutex_);
-        auto it = pending_.find(seq);
-        if (it == pending_.end() || it->second.channel != channel) {
-            violations_.push_back(fmt::format("channel {}: response for seq {} it does not hold "
-                                              "(EINVAL)",
-                                              channel, seq));
-            return false;
-        }
-        out = std::move(it->second);
-        pending_.erase(it);
-        return true;
-    }
-
-    // Parses complete responses from buf; returns bytes consumed. `whole`: buf is one
-    // message (Part 2), so a partial response in it is a violation.
-    std::size_t parse(chan& ch, const std::byte* buf, std::size_t n, bool whole,
-                      std::vector<std::pair<callback, fake_response>>& done) {
+    // Parses the responses in the channel's bytes as the module parses its writes: back to
+    // back, each possibly in pieces (what is incomplete waits for more).
+    void take_responses(chan& ch, completions& done) {
         std::size_t at = 0;
-        while (n - at >= header_size) {
-            request h =
-                decode_header(std::span<const std::byte, header_size>(buf + at, header_size));
+        while (ch.in.size() - at >= header_size) {
+            request h = decode_header(
+                std::span<const std::byte, header_size>(ch.in.data() + at, header_size));
             std::uint64_t need = 0;
             {
                 std::lock_guard lock(mutex_);
                 auto it = pending_.find(h.seq);
-                if (it != pending_.end() && it->second.type == DM_USER_REQ_MAP_READ &&
-                    h.type == DM_USER_RESP_SUCCESS)
-                    need = it->second.len;
-            }
-            if (n - at - header_size < need) {
-                if (whole) {
-                    violation(fmt::format("channel {}: READ response for seq {} carries {} of {} "
-                                          "bytes",
-                                          ch.index, h.seq, n - at - header_size, need));
-                    return n;
+                if (it == pending_.end() || it->second.channel != ch.index) {
+                    violations_.push_back(
+                        fmt::format("channel {}: response for seq {} it does not hold (EINVAL)",
+                                    ch.index, h.seq));
+                    ch.in.clear(); // the module fails the write; its rest is lost with it
+                    return;
                 }
-                break; // Part 1: wait for the rest
-            }
-            pending p;
-            if (take_pending(ch.index, h.seq, p)) {
+                if (it->second.type == DM_USER_REQ_MAP_READ && h.type == DM_USER_RESP_SUCCESS)
+                    need = it->second.len;
+                if (ch.in.size() - at - header_size < need)
+                    break; // the payload comes with the next writes
+                pending p = std::move(it->second);
+                pending_.erase(it);
                 fake_response r;
                 r.result = h.type;
-                if (h.type > DM_USER_RESP_UNSUPPORTED)
-                    violation(fmt::format("channel {}: seq {} answered with result {}", ch.index,
-                                          h.seq, h.type));
-                r.data.assign(buf + at + header_size, buf + at + header_size + need);
+                if (h.type > DM_USER_RESP_UNSUPPORTED) {
+                    violations_.push_back(fmt::format(
+                        "channel {}: seq {} answered with result {} (EINVAL; the request fails)",
+                        ch.index, h.seq, h.type));
+                    r.result = DM_USER_RESP_ERROR;
+                }
+                const auto* data = ch.in.data() + at + header_size;
+                r.data.assign(data, data + need);
                 done.emplace_back(std::move(p.done), std::move(r));
-            } else if (!whole) {
-                return n; // the stream is out of step: drop what we have
             }
+            if (streams())
+                drop_unread_rest(ch, h.seq);
             at += header_size + need;
         }
-        if (whole && at != n)
-            violation(
-                fmt::format("channel {}: {} stray bytes after the responses", ch.index, n - at));
-        return whole ? n : at;
+        ch.in.erase(ch.in.begin(), ch.in.begin() + static_cast<std::ptrdiff_t>(at));
     }
 
     // Requests the channel held fail, or go to another channel when the daemon asked
     // for DM_USER_CHANNEL_REQUEUE_ON_CLOSE.
-    void channel_closed(chan& ch, std::vector<std::pair<callback, fake_response>>& done) {
+    void channel_closed(chan& ch, completions& done) {
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, ch.fd.get(), nullptr);
         std::vector<std::pair<std::uint64_t, pending>> again;
         {
             std::lock_guard lock(mutex_);
             ch.closed = true;
+            ch.outbox.clear();
             bool requeue = channel_flags_ & DM_USER_CHANNEL_REQUEUE_ON_CLOSE;
             for (auto it = pending_.begin(); it != pending_.end();) {
                 if (it->second.channel != ch.index) {
@@ -448,44 +593,50 @@ private:
         }
     }
 
+    // Reads everything the daemon wrote (edge-triggered: until EAGAIN).
+    void receive(chan& ch, std::vector<std::byte>& buf, completions& done) {
+        for (;;) {
+            ssize_t k = ::recv(ch.fd.get(), buf.data(), buf.size(), MSG_DONTWAIT);
+            if (k < 0 && errno == EINTR)
+                continue;
+            if (k < 0 && errno == EAGAIN)
+                return;
+            if (k <= 0) {
+                channel_closed(ch, done);
+                return;
+            }
+            ch.in.insert(ch.in.end(), buf.data(), buf.data() + k);
+            take_responses(ch, done);
+            response_bytes_ += static_cast<std::uint64_t>(k);
+        }
+    }
+
     void receive_loop() {
         std::vector<std::byte> buf(header_size + opts_.max_payload + (1u << 20));
+        epoll_event events[64];
         while (!quit_) {
-            std::vector<std::shared_ptr<chan>> chans;
-            {
-                std::lock_guard lock(mutex_);
-                for (auto& c : channels_)
-                    if (!c->closed)
-                        chans.push_back(c);
-            }
-            std::vector<pollfd> fds{{wake_.get(), POLLIN, 0}};
-            for (auto& c : chans)
-                fds.push_back({c->fd.get(), POLLIN, 0});
-            if (::poll(fds.data(), fds.size(), 200) < 0 && errno != EINTR)
+            int n = ::epoll_wait(epoll_.get(), events, 64, 200);
+            if (n < 0 && errno != EINTR)
                 break;
-            if (fds[0].revents) {
-                std::uint64_t v;
-                [[maybe_unused]] auto n = ::read(wake_.get(), &v, sizeof v);
-            }
-            std::vector<std::pair<callback, fake_response>> done;
-            for (std::size_t i = 1; i < fds.size(); ++i) {
-                if (!fds[i].revents)
-                    continue;
-                chan& ch = *chans[i - 1];
-                ssize_t k = ::recv(ch.fd.get(), buf.data(), buf.size(), MSG_DONTWAIT);
-                if (k < 0 && (errno == EAGAIN || errno == EINTR))
-                    continue;
-                if (k <= 0) {
-                    channel_closed(ch, done);
+            completions done;
+            for (int i = 0; i < n; ++i) {
+                if (events[i].data.u64 == wake_token) {
+                    std::uint64_t v;
+                    [[maybe_unused]] auto r = ::read(wake_.get(), &v, sizeof v);
                     continue;
                 }
-                if (opts_.part2) {
-                    parse(ch, buf.data(), static_cast<std::size_t>(k), true, done);
-                } else {
-                    ch.in.insert(ch.in.end(), buf.data(), buf.data() + k);
-                    std::size_t used = parse(ch, ch.in.data(), ch.in.size(), false, done);
-                    ch.in.erase(ch.in.begin(), ch.in.begin() + static_cast<std::ptrdiff_t>(used));
+                auto ch = channel_at(events[i].data.u64);
+                bool closed;
+                {
+                    std::lock_guard lock(mutex_);
+                    closed = ch->closed;
                 }
+                if (closed)
+                    continue;
+                if (events[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                    receive(*ch, buf, done);
+                if (events[i].events & EPOLLOUT)
+                    offer(*ch);
             }
             for (auto& [cb, resp] : done)
                 if (cb)
@@ -495,11 +646,13 @@ private:
 
     fake_options opts_;
     unique_fd wake_;
+    unique_fd epoll_;
     std::thread receiver_;
     std::atomic<bool> quit_{false};
     std::atomic<std::uint64_t> next_seq_{1};
     std::atomic<std::uint64_t> channel_flags_{0};
     std::atomic<std::uint64_t> requeued_{0};
+    std::atomic<std::uint64_t> response_bytes_{0};
     std::atomic<unsigned> refusals_left_{opts_.refuse_responses};
     std::atomic<unsigned> refused_{0};
     std::atomic<std::size_t> read_size_{0}; // of the daemon's reads (reads_of); 0: unknown
