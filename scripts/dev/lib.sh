@@ -30,7 +30,7 @@ need_pkgs() {
 
 # Packages to build the C++ tree.
 BUILD_PKGS=(g++ meson ninja-build pkg-config liburing-dev libfmt-dev catch2 libzstd-dev liblz4-dev
-    libnbd-dev nbdkit)
+    libnbd-dev nbdkit librbd-dev)
 # Packages for the SDK's libFuzzer targets (tests/fuzz/, scripts/dev/test-fuzz.sh): clang and
 # clang 14's libFuzzer runtime. Only build-fuzz/ uses them; the C++ tree builds with g++.
 FUZZ_PKGS=(clang libclang-rt-14-dev)
