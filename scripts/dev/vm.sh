@@ -17,8 +17,9 @@
 
 VM_DIR="$DEV_ROOT/.vm"
 # What the guest side uses beyond VM_PKGS (lib.sh): ps/pkill/sysctl, setsid/
-# flock/dmesg; VM tests also drive nbd.
-VM_GUEST_PKGS=(procps util-linux nbdkit nbd-client)
+# flock/dmesg; VM tests also drive nbd, and a one-node Ceph cluster for dmuser-rbd
+# (tests/vm/ceph-lib.bash: the daemons, the rbd CLI and krbd's mapping, rbd-nbd).
+VM_GUEST_PKGS=(procps util-linux nbdkit nbd-client ceph-mon ceph-osd ceph-common rbd-nbd)
 # Modules the initramfs needs to reach the host's root over virtio 9p.
 VM_INITRAMFS_MODULES=(virtio_pci 9pnet_virtio 9p)
 # Kernel log lines that fail a run (one list for host and guest:
