@@ -243,7 +243,10 @@ private:
     bool nowait_refused(channel& ch, io_result got);
     task<bool> read_rest(worker& w, channel& ch, slot& s, request& req, std::size_t have);
     std::byte* landing_zone(slot& s, const request& req);
-    task<bool> send(worker& w, channel& ch, slot& s, const request& req, const reply& rep);
+    int prepare_response(slot& s, const request& req, const reply& rep, std::size_t& bytes);
+    io_op write_response(worker& w, channel& ch, const iovec* iov, int count);
+    task<bool> send(worker& w, channel& ch, slot& s, const request& req, io_result got, int count,
+                    std::size_t left);
     task<void> watch_signals(worker& w, signal_relay& signals);
     task<void> give_up_after_deadline(worker& w);
     task<void> print_stats(worker& w);
