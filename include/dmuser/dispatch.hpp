@@ -78,6 +78,57 @@ inline result to_result(std::error_code ec) {
     return result::error;
 }
 
+// The reply to a request the store answered with `ec`: its result, and no data unless it
+// succeeded.
+inline void finish_reply(reply& out, std::error_code ec, const request& req) {
+    out.status = to_result(ec);
+    if (out.status != result::success) {
+        out.data = {};
+        if (out.status == result::error)
+            log::debug("{}: {}", describe(req), ec.message());
+    }
+}
+
+// A READ's start: true if the store lent its own memory (out.data is the answer), else
+// read_area is zeroed where the store may not fill it.
+template <BlockStore S>
+bool read_lent([[maybe_unused]] S& store, const request& req,
+               [[maybe_unused]] std::span<std::byte> read_area, reply& out) {
+    if constexpr (has_read_view<S>) {
+        std::span<const std::byte> view = store.read_view(req.offset(), req.len);
+        if (view.size() == req.len) {
+            out.data = view;
+            return true;
+        }
+    }
+    // The area still holds an earlier request's bytes: a store that succeeds without
+    // filling its span must answer zeros, never those.
+    if constexpr (!fills_reads<S>)
+        std::memset(read_area.data(), 0, req.len);
+    return false;
+}
+
+// Whether a store member returns at once (void or std::error_code), not as a task.
+template <typename R>
+inline constexpr bool completes_at_once = std::is_void_v<R> || std::is_same_v<R, std::error_code>;
+template <typename S>
+inline constexpr bool reads_at_once = completes_at_once<decltype(call_read(
+    std::declval<S&>(), std::declval<context_for<S>&>(), 0, std::span<std::byte>()))>;
+template <typename S>
+inline constexpr bool writes_at_once = completes_at_once<decltype(call_write(
+    std::declval<S&>(), std::declval<context_for<S>&>(), 0, std::span<const std::byte>()))>;
+
+// A member that completes at once, called: its outcome.
+template <typename Call>
+std::error_code call_now(Call&& call) {
+    if constexpr (std::is_void_v<std::invoke_result_t<Call&>>) {
+        call();
+        return {};
+    } else {
+        return call();
+    }
+}
+
 template <BlockStore S>
 task<std::error_code> flush_store(S& store, context_for<S>& ctx) {
     if constexpr (has_flush<S>)
@@ -122,6 +173,45 @@ task<std::error_code> do_write(S& store, context_for<S>& ctx, const request& req
 
 } // namespace detail
 
+// Serves a READ, or a WRITE without PREFLUSH or FUA, without a coroutine where the
+// store's member for it completes at once (returns void or std::error_code): returns
+// true, with the reply in `out`. False (nothing done) for any other request: co_await
+// dispatch() for it. As dispatch, never throws for the store.
+template <BlockStore S>
+bool dispatch_now(S& store, context_for<S>& ctx, const request& req, std::span<std::byte> read_area,
+                  reply& out) {
+    using namespace detail;
+    const bool read = req.type == DM_USER_REQ_MAP_READ;
+    if (read ? !reads_at_once<S>
+             : (req.type != DM_USER_REQ_MAP_WRITE || !writes_at_once<S> ||
+                req.has(DM_USER_REQ_MAP_FLAG_PREFLUSH) || req.has(DM_USER_REQ_MAP_FLAG_FUA)))
+        return false;
+    out = reply{};
+    std::error_code ec;
+    try {
+        if (req.len == 0) {
+            // an empty READ or WRITE: nothing to do
+        } else if (read) {
+            if constexpr (reads_at_once<S>) {
+                if (read_lent(store, req, read_area, out))
+                    return true;
+                ec = call_now(
+                    [&] { return call_read(store, ctx, req.offset(), read_area.first(req.len)); });
+                if (!ec)
+                    out.data = read_area.first(req.len);
+            }
+        } else if constexpr (writes_at_once<S>) {
+            ec = call_now([&] { return call_write(store, ctx, req.offset(), req.payload); });
+        }
+    } catch (...) {
+        log::error("{}: store threw: {}", describe(req), describe(std::current_exception()));
+        out = reply{result::error, {}};
+        return true;
+    }
+    finish_reply(out, ec, req);
+    return true;
+}
+
 // Serves one checked request (see check_request). read_area has room for req.len bytes:
 // a READ lands there unless the store lends its own memory. ctx is what members that take
 // a context get (it must outlive the task). Never throws: an exception from the store is
@@ -131,22 +221,15 @@ task<reply> dispatch(S& store, context_for<S>& ctx, request req, std::span<std::
     using namespace detail;
     std::error_code ec;
     reply out;
+    if (dispatch_now(store, ctx, req, read_area, out))
+        co_return out;
     try {
         switch (req.type) {
         case DM_USER_REQ_MAP_READ:
             if (req.len == 0)
                 break;
-            if constexpr (has_read_view<S>) {
-                std::span<const std::byte> view = store.read_view(req.offset(), req.len);
-                if (view.size() == req.len) {
-                    out.data = view;
-                    co_return out;
-                }
-            }
-            // The area still holds an earlier request's bytes: a store that succeeds
-            // without filling its span must answer zeros, never those.
-            if constexpr (!fills_reads<S>)
-                std::memset(read_area.data(), 0, req.len);
+            if (read_lent(store, req, read_area, out))
+                co_return out;
             ec = co_await invoke_store(
                 [&] { return call_read(store, ctx, req.offset(), read_area.first(req.len)); });
             if (!ec)
@@ -187,12 +270,7 @@ task<reply> dispatch(S& store, context_for<S>& ctx, request req, std::span<std::
         log::error("{}: store threw: {}", describe(req), describe(std::current_exception()));
         co_return reply{result::error, {}};
     }
-    out.status = to_result(ec);
-    if (out.status != result::success) {
-        out.data = {};
-        if (out.status == result::error)
-            log::debug("{}: {}", describe(req), ec.message());
-    }
+    finish_reply(out, ec, req);
     co_return out;
 }
 

@@ -267,6 +267,53 @@ TEST_CASE("dispatch: an exception answers ERROR and is logged with its request")
     CHECK(last_log.find("disk on fire") != std::string::npos);
 }
 
+TEST_CASE("dispatch_now: READ and WRITE of a store that completes at once, else dispatch()") {
+    full_store s;
+    dmuser::request_context<> ctx;
+    std::vector<std::byte> area(4096);
+    auto data = pattern(4096, 6);
+    reply rep{result::error, {}};
+    REQUIRE(
+        dmuser::dispatch_now(s, ctx, make(DM_USER_REQ_MAP_WRITE, 0, 8192, 4096, data), area, rep));
+    CHECK(rep.status == result::success);
+    std::memset(area.data(), 0xee, area.size());
+    REQUIRE(dmuser::dispatch_now(s, ctx, make(DM_USER_REQ_MAP_READ, 0, 8192, 4096), area, rep));
+    CHECK(rep.status == result::success);
+    CHECK(rep.data.data() == area.data());
+    CHECK(std::vector<std::byte>(rep.data.begin(), rep.data.end()) == data);
+    CHECK(s.calls == std::vector<std::string>{"write", "read"});
+    // PREFLUSH, FUA, other types and coroutine members are dispatch()'s: nothing is done.
+    s.calls.clear();
+    CHECK(!dmuser::dispatch_now(
+        s, ctx, make(DM_USER_REQ_MAP_WRITE, DM_USER_REQ_MAP_FLAG_PREFLUSH, 0, 512, data), area,
+        rep));
+    CHECK(!dmuser::dispatch_now(
+        s, ctx, make(DM_USER_REQ_MAP_WRITE, DM_USER_REQ_MAP_FLAG_FUA, 0, 512, data), area, rep));
+    CHECK(!dmuser::dispatch_now(s, ctx, make(DM_USER_REQ_MAP_FLUSH, 0, 0, 0), area, rep));
+    CHECK(!dmuser::dispatch_now(s, ctx, make(DM_USER_REQ_MAP_DISCARD, 0, 0, 4096), area, rep));
+    CHECK(s.calls.empty());
+    async_store a;
+    CHECK(!dmuser::dispatch_now(a, ctx, make(DM_USER_REQ_MAP_READ, 0, 0, 4096), area, rep));
+    CHECK(!dmuser::dispatch_now(a, ctx, make(DM_USER_REQ_MAP_WRITE, 0, 0, 512, data), area, rep));
+    CHECK(a.calls.empty());
+}
+
+TEST_CASE("dispatch_now: a throwing store answers ERROR, as dispatch does") {
+    struct throwing_reads : minimal_store {
+        void read(std::uint64_t, std::span<std::byte>) { throw std::runtime_error("bad sector"); }
+    } s;
+    dmuser::request_context<> ctx;
+    std::vector<std::byte> area(4096);
+    reply rep;
+    auto old = dmuser::log::set_sink(&keep_log);
+    bool done = dmuser::dispatch_now(s, ctx, make(DM_USER_REQ_MAP_READ, 0, 0, 4096), area, rep);
+    dmuser::log::set_sink(old);
+    REQUIRE(done);
+    CHECK(rep.status == result::error);
+    CHECK(rep.data.empty());
+    CHECK(last_log.find("bad sector") != std::string::npos);
+}
+
 TEST_CASE("check_request rejects unknown types, oversize and out-of-range requests") {
     CHECK(dmuser::check_request(make(DM_USER_REQ_MAP_READ, 0, 0, 4096), 65536, 1 << 20).empty());
     CHECK(dmuser::check_request(make(99, 0, 0, 0), 65536, 1 << 20) == "unknown request type");

@@ -107,7 +107,10 @@ task<void> server<S>::slot_loop(worker& w, channel& ch, slot& s) {
                 ctx.seq = req.seq;
                 ctx.type = req.type;
                 ctx.flags = req.flags;
-                rep = co_await dispatch(store_, ctx, req, std::span(s.buffer.get(), s.capacity));
+                // A store whose read and write complete at once needs no coroutine.
+                const std::span<std::byte> area(s.buffer.get(), s.capacity);
+                if (!dispatch_now(store_, ctx, req, area, rep))
+                    rep = co_await dispatch(store_, ctx, req, area);
             }
             // The response: one write, nearly always taken whole; send() finishes the rest.
             std::size_t bytes = 0;
