@@ -235,7 +235,9 @@ private:
     void open_thread_state(worker& w);
     context_for<S> make_context(worker& w);
     task<void> slot_loop(worker& w, channel& ch, slot& s);
-    task<bool> read_whole(worker& w, channel& ch, slot& s, request& req);
+    enum class took { nothing, request, part_of_write };
+    std::span<const iovec> whole_message_iov(slot& s);
+    took take_whole(worker& w, slot& s, request& req, io_result got);
     task<bool> read_stream(worker& w, channel& ch, slot& s, request& req);
     task<io_result> read_channel(worker& w, channel& ch, slot* s, std::span<const iovec> iov,
                                  unsigned events);

@@ -1,7 +1,8 @@
 // dmuser/detail/server_reads.hpp: how a slot reads a request: Part 2 whole messages
-// (read_whole), the rest of a WRITE split for write_view (read_rest), Part 1's stream of header
-// then payload (read_stream), each over read_channel (RWF_NOWAIT, then an exclusive poll
-// linked to the read) and check_read_result (end of file, ENOTBLK, errors).
+// (whole_message_iov, then take_whole), the rest of a WRITE split for write_view
+// (read_rest), Part 1's stream of header then payload (read_stream), each over read_channel
+// (RWF_NOWAIT, then an exclusive poll linked to the read) and check_read_result (end of
+// file, ENOTBLK, errors).
 #pragma once
 
 #include "dmuser/server.hpp"
@@ -110,20 +111,24 @@ task<io_result> server<S>::read_channel(worker& w, channel& ch, slot* s, std::sp
     }
 }
 
+// The iovecs of a whole-message read (Part 2): the header, then the payload.
 template <BlockStore S>
-task<bool> server<S>::read_whole(worker& w, channel& ch, slot& s, request& req) {
+std::span<const iovec> server<S>::whole_message_iov(slot& s) {
     s.iov[0] = iovec{s.header, header_size};
     s.iov[1] = iovec{s.buffer.get(), read_size_};
-    // Exclusive: a new request wakes one waiting slot (wake_up_interruptible_poll wakes
-    // one exclusive waiter), and the woken slot's read is already linked to its poll.
-    io_result got = co_await read_channel(w, ch, &s, std::span<const iovec>(s.iov, 2),
-                                          EPOLLIN | EPOLLEXCLUSIVE);
+    return std::span<const iovec>(s.iov, 2);
+}
+
+// What a whole-message read brought: checked, and decoded into req (with s.bad set if it
+// is malformed). A WRITE the module split (split_writes_) needs read_rest() as well.
+template <BlockStore S>
+typename server<S>::took server<S>::take_whole(worker& w, slot& s, request& req, io_result got) {
     if (!check_read_result(w, got))
-        co_return false;
+        return took::nothing;
     std::size_t n = got.bytes();
     if (n < header_size) {
         reject(w, "short message", nullptr, n);
-        co_return false;
+        return took::nothing;
     }
     req = decode_header(std::span<const std::byte, header_size>(s.header, header_size));
     s.bad = {};
@@ -135,14 +140,14 @@ task<bool> server<S>::read_whole(worker& w, channel& ch, slot& s, request& req) 
              n == header_size + read_size_)
         // The module splits a message only when it fills the read's buffer; a shorter
         // one is malformed, and waiting for its "rest" would wait for ever.
-        co_return co_await read_rest(w, ch, s, req, n);
+        return took::part_of_write;
     else if (n < expect)
         s.bad = "message shorter than its header says";
     else if (n > expect)
         s.bad = "message longer than its header says";
     else if (req.carries_payload())
         req.payload = std::span<const std::byte>(s.buffer.get(), req.len);
-    co_return true;
+    return took::request;
 }
 
 // The rest of a request this slot has begun: not exclusive, so it takes no wake-up meant

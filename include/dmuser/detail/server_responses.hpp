@@ -6,6 +6,7 @@
 #include "dmuser/server.hpp"
 
 #include <poll.h>
+#include <sys/epoll.h>
 
 namespace dmuser {
 
@@ -89,8 +90,21 @@ task<void> server<S>::slot_loop(worker& w, channel& ch, slot& s) {
         request req;
         context_for<S> ctx = make_context(w);
         while (!w.stopping) {
-            bool got = whole_messages_ ? co_await read_whole(w, ch, s, req)
-                                       : co_await read_stream(w, ch, s, req);
+            bool got = false;
+            if (whole_messages_) {
+                // Exclusive: a new request wakes one waiting slot (wake_up_interruptible_poll
+                // wakes one exclusive waiter), and the woken slot's read is already linked
+                // to its poll.
+                io_result read = co_await read_channel(w, ch, &s, whole_message_iov(s),
+                                                       EPOLLIN | EPOLLEXCLUSIVE);
+                took t = take_whole(w, s, req, read);
+                if (t == took::part_of_write)
+                    got = co_await read_rest(w, ch, s, req, read.bytes());
+                else
+                    got = t == took::request;
+            } else {
+                got = co_await read_stream(w, ch, s, req);
+            }
             if (!got)
                 continue;
             w.stats.request_started();
