@@ -167,10 +167,13 @@ private:
 // Where the kernel can (IORING_FEAT_CQE_SKIP), a poll that fires posts no CQE and a poll
 // that fails takes its read's with it, so the pair costs one CQE; otherwise it resumes
 // only once both CQEs are in, so neither lands in a frame that is gone.
+// Made with poll_first false (ring::readv_polled_if), it is the read alone: one awaitable
+// type for a loop that polls only after a read has found nothing.
 class [[nodiscard]] polled_read_op {
 public:
     template <typename PreparePoll, typename PrepareRead>
-    polled_read_op(ring& r, PreparePoll&& prepare_poll, PrepareRead&& prepare_read) noexcept;
+    polled_read_op(ring& r, PreparePoll&& prepare_poll, PrepareRead&& prepare_read,
+                   bool poll_first = true) noexcept;
     polled_read_op(const polled_read_op&) = delete;
     polled_read_op& operator=(const polled_read_op&) = delete;
 
@@ -180,9 +183,10 @@ public:
         return io_result{poll_.res < 0 ? poll_.res : read_.res};
     }
 
-    // Key for ring::cancel: the poll. A linked read that has not started cannot be
-    // cancelled by itself; once the poll has fired, the read is under way.
-    std::uint64_t id() const { return detail::user_data_of(poll_); }
+    // Key for ring::cancel: the poll (a linked read that has not started cannot be
+    // cancelled by itself; once the poll has fired, the read is under way), or the read
+    // when it was made without a poll.
+    std::uint64_t id() const { return detail::user_data_of(poll_first_ ? poll_ : read_); }
 
 private:
     struct part : completion {
@@ -198,6 +202,7 @@ private:
     part poll_;
     part read_;
     unsigned parts_left_ = 0; // CQEs still to come, set when submitted
+    bool poll_first_ = true;
     io_uring_sqe poll_sqe_;
     io_uring_sqe read_sqe_;
     std::coroutine_handle<> waiter_;
@@ -294,12 +299,19 @@ public:
     // rather than all of them. The iovec array must stay alive until the op completes.
     polled_read_op readv_when_ready(int fd, unsigned events, std::span<const iovec> iov,
                                     std::uint64_t offset, int rw_flags = 0) {
+        return readv_polled_if(true, fd, events, iov, offset, rw_flags);
+    }
+    // readv_when_ready if poll_first, else the readv at once (the same awaitable type).
+    polled_read_op readv_polled_if(bool poll_first, int fd, unsigned events,
+                                   std::span<const iovec> iov, std::uint64_t offset,
+                                   int rw_flags = 0) {
         return polled_read_op(
             *this, [&](io_uring_sqe* s) { io_uring_prep_poll_add(s, fd, events); },
             [&](io_uring_sqe* s) {
                 io_uring_prep_readv2(s, fd, iov.data(), static_cast<unsigned>(iov.size()), offset,
                                      rw_flags);
-            });
+            },
+            poll_first);
     }
     io_op writev(int fd, std::span<const iovec> iov, std::uint64_t offset) {
         return io_op(*this, [&](io_uring_sqe* s, io_op*) {
@@ -817,23 +829,30 @@ inline void io_op::await_suspend(std::coroutine_handle<> waiter) {
 }
 
 template <typename PreparePoll, typename PrepareRead>
-polled_read_op::polled_read_op(ring& r, PreparePoll&& prepare_poll,
-                               PrepareRead&& prepare_read) noexcept
-    : ring_(&r) {
-    poll_.owner = this;
+polled_read_op::polled_read_op(ring& r, PreparePoll&& prepare_poll, PrepareRead&& prepare_read,
+                               bool poll_first) noexcept
+    : ring_(&r), poll_first_(poll_first) {
     read_.owner = this;
-    poll_.on_complete = &part_done;
     read_.on_complete = &part_done;
-    poll_.generation = r.next_generation();
     read_.generation = r.next_generation();
-    poll_sqe_ = {};
     read_sqe_ = {};
-    prepare_poll(&poll_sqe_);
     prepare_read(&read_sqe_);
+    if (poll_first) {
+        poll_.owner = this;
+        poll_.on_complete = &part_done;
+        poll_.generation = r.next_generation();
+        poll_sqe_ = {};
+        prepare_poll(&poll_sqe_);
+    }
 }
 
 inline void polled_read_op::await_suspend(std::coroutine_handle<> waiter) {
     waiter_ = waiter;
+    if (!poll_first_) {
+        parts_left_ = 1;
+        ring_->submit(read_, read_sqe_);
+        return;
+    }
     // The poll's own CQE says nothing its read's does not: it fired, or the read failed.
     parts_left_ = ring_->submit_linked(poll_, poll_sqe_, read_, read_sqe_, /*quiet_first=*/true);
 }

@@ -241,6 +241,26 @@ private:
     task<bool> read_stream(worker& w, channel& ch, slot& s, request& req);
     task<io_result> read_channel(worker& w, channel& ch, slot* s, std::span<const iovec> iov,
                                  unsigned events);
+    // One try of read_channel's: the read, and the slot's record of it (pending_read).
+    struct channel_read {
+        polled_read_op op;
+        std::uint64_t* pending; // the slot's pending_read, or null
+        bool await_ready() const noexcept { return false; }
+        void await_suspend(std::coroutine_handle<> waiter) {
+            if (pending)
+                *pending = op.id();
+            op.await_suspend(waiter);
+        }
+        io_result await_resume() const noexcept {
+            if (pending)
+                *pending = 0;
+            return op.await_resume();
+        }
+    };
+    bool first_read_polls(worker& w, channel& ch, slot* s);
+    channel_read read_once(worker& w, channel& ch, slot* s, std::span<const iovec> iov,
+                           unsigned events, bool poll_first);
+    bool read_again(worker& w, channel& ch, slot* s, io_result got, bool& poll_first);
     task<bool> read_fully(worker& w, channel& ch, std::byte* at, std::size_t n);
     bool nowait_refused(channel& ch, io_result got);
     task<bool> read_rest(worker& w, channel& ch, slot& s, request& req, std::size_t have);

@@ -548,6 +548,42 @@ TEST_CASE("ring: readv_when_ready leaves nothing counted in flight, read or canc
     CHECK(r.in_flight() == idle);
 }
 
+TEST_CASE("ring: readv_polled_if without the poll is a plain readv, cancelled by its id") {
+    ring r;
+    const unsigned idle = r.in_flight();
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    dmuser::unique_fd rd(p[0]), wr(p[1]);
+    std::byte buf[16];
+    const iovec iov{buf, sizeof buf};
+    REQUIRE(::write(wr.get(), "abc", 3) == 3);
+    auto read_once = [&](bool poll_first) -> task<int> {
+        co_return (co_await r.readv_polled_if(poll_first, rd.get(), POLLIN, std::span(&iov, 1), 0))
+            .res;
+    };
+    CHECK(r.run(read_once(false)) == 3);
+    CHECK(std::memcmp(buf, "abc", 3) == 0);
+    CHECK(r.in_flight() == idle);
+    // Nothing to read: a plain read of a pipe waits (in io_uring's poll); its id cancels it.
+    std::uint64_t id = 0;
+    int res = 1000;
+    auto waiter = [&]() -> task<void> {
+        dmuser::polled_read_op op =
+            r.readv_polled_if(false, rd.get(), POLLIN, std::span(&iov, 1), 0);
+        id = op.id();
+        res = (co_await op).res;
+    };
+    dmuser::spawn(waiter());
+    r.run_once(false);
+    CHECK(r.in_flight() == idle + 1);
+    auto canceller = [&]() -> task<int> { co_return (co_await r.cancel(id)).res; };
+    CHECK(r.run(canceller()) == 0);
+    while (res == 1000)
+        r.run_once(true);
+    CHECK(res == -ECANCELED);
+    CHECK(r.in_flight() == idle);
+}
+
 TEST_CASE("ring: cancelling readv_when_ready's poll ends it with -ECANCELED, nothing read") {
     ring r;
     int p[2];

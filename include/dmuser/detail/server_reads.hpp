@@ -75,40 +75,52 @@ bool server<S>::nowait_refused(channel& ch, io_result got) {
 // nothing (-EAGAIN), it waits in a poll for `events` that is linked to the next read.
 // With a slot (a read that may take a new request), that wait is cancellable by
 // stop_worker and ends once the worker stops; without one (the rest of a request this
-// slot holds), it waits until the rest comes.
+// slot holds), it waits until the rest comes. slot_loop runs the same loop itself, so
+// that a request's read needs no coroutine frame of its own.
 template <BlockStore S>
 task<io_result> server<S>::read_channel(worker& w, channel& ch, slot* s, std::span<const iovec> iov,
                                         unsigned events) {
-    // How many reads a slot goes straight to the poll after a plain one found nothing.
-    constexpr unsigned poll_first_streak = 16;
-    bool poll_first = s && s->poll_first_left > 0 && ch.polled && !w.stopping;
+    bool poll_first = first_read_polls(w, ch, s);
+    io_result got;
+    do
+        got = co_await read_once(w, ch, s, iov, events, poll_first);
+    while (read_again(w, ch, s, got, poll_first));
+    co_return got;
+}
+
+// read_channel's first read: whether it goes straight to the poll. A slot whose read just
+// found nothing will likely find nothing next time too, and the failed read costs a CQE
+// and a turn of the loop.
+template <BlockStore S>
+bool server<S>::first_read_polls(worker& w, channel& ch, slot* s) {
+    const bool poll_first = s && s->poll_first_left > 0 && ch.polled && !w.stopping;
     if (poll_first)
         --s->poll_first_left;
-    for (;;) {
-        io_result got;
-        if (poll_first) {
-            polled_read_op rd = w.r->readv_when_ready(ch.fd.get(), events, iov, 0, ch.read_flags);
-            if (s)
-                s->pending_read = rd.id();
-            got = co_await rd;
-        } else {
-            io_op rd = w.r->readv(ch.fd.get(), iov, 0, ch.read_flags);
-            if (s)
-                s->pending_read = rd.id();
-            got = co_await rd;
-        }
-        if (s)
-            s->pending_read = 0;
-        if (got.res == -EAGAIN && ch.polled && !(s && w.stopping)) {
-            if (s && !poll_first)
-                s->poll_first_left = poll_first_streak;
-            poll_first = true;
-            continue;
-        }
-        if (nowait_refused(ch, got))
-            continue;
-        co_return got;
+    return poll_first;
+}
+
+// One try of read_channel's, behind a poll or not; the slot keeps its id for stop_worker.
+template <BlockStore S>
+typename server<S>::channel_read server<S>::read_once(worker& w, channel& ch, slot* s,
+                                                      std::span<const iovec> iov, unsigned events,
+                                                      bool poll_first) {
+    return channel_read{
+        w.r->readv_polled_if(poll_first, ch.fd.get(), events, iov, 0, ch.read_flags),
+        s ? &s->pending_read : nullptr};
+}
+
+// After one try: true to read again, now behind a poll if the try found nothing.
+template <BlockStore S>
+bool server<S>::read_again(worker& w, channel& ch, slot* s, io_result got, bool& poll_first) {
+    // How many reads a slot goes straight to the poll after a plain one found nothing.
+    constexpr unsigned poll_first_streak = 16;
+    if (got.res == -EAGAIN && ch.polled && !(s && w.stopping)) {
+        if (s && !poll_first)
+            s->poll_first_left = poll_first_streak;
+        poll_first = true;
+        return true;
     }
+    return nowait_refused(ch, got);
 }
 
 // The iovecs of a whole-message read (Part 2): the header, then the payload.

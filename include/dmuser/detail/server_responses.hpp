@@ -95,8 +95,13 @@ task<void> server<S>::slot_loop(worker& w, channel& ch, slot& s) {
                 // Exclusive: a new request wakes one waiting slot (wake_up_interruptible_poll
                 // wakes one exclusive waiter), and the woken slot's read is already linked
                 // to its poll.
-                io_result read = co_await read_channel(w, ch, &s, whole_message_iov(s),
-                                                       EPOLLIN | EPOLLEXCLUSIVE);
+                // (read_channel's loop, without a coroutine of its own.)
+                const std::span<const iovec> iov = whole_message_iov(s);
+                bool poll_first = first_read_polls(w, ch, &s);
+                io_result read;
+                do
+                    read = co_await read_once(w, ch, &s, iov, EPOLLIN | EPOLLEXCLUSIVE, poll_first);
+                while (read_again(w, ch, &s, read, poll_first));
                 took t = take_whole(w, s, req, read);
                 if (t == took::part_of_write)
                     got = co_await read_rest(w, ch, s, req, read.bytes());
