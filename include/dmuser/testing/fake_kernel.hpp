@@ -298,6 +298,17 @@ public:
             open += !c->closed;
         return open;
     }
+    // Each channel's state, for a test that failed to say where things stand.
+    std::string describe_state() const {
+        std::lock_guard lock(mutex_);
+        std::string out = fmt::format("{} pending;", pending_.size());
+        for (auto& c : channels_)
+            out += fmt::format(" ch{}: {}{} offered seq {}, {} unread, {} queued;", c->index,
+                               c->closed ? "closed, " : "",
+                               c->offering ? (c->sending ? "sending" : "offering") : "idle",
+                               c->offered_seq, unread(*c), c->outbox.size());
+        return out;
+    }
     std::uint64_t channel_flags() const { return channel_flags_; }
     std::uint64_t requeued() const { return requeued_; }
     // Bytes of responses taken from every channel so far (violations() is up to date
@@ -456,12 +467,12 @@ private:
         }
     }
     // The module drops what is left of a request answered before it was read in full.
+    // Under mutex_, so that offer() cannot send the next request meanwhile: the socket
+    // then holds nothing but this request's rest.
     void drop_unread_rest(chan& ch, std::uint64_t seq) {
-        {
-            std::lock_guard lock(mutex_);
-            if (!ch.offering || ch.sending || ch.offered_seq != seq)
-                return;
-        }
+        std::lock_guard lock(mutex_);
+        if (!ch.offering || ch.sending || ch.offered_seq != seq)
+            return;
         unique_fd peer(::fcntl(ch.peer_fd, F_DUPFD_CLOEXEC, 0));
         struct stat st {};
         if (!peer || ::fstat(peer.get(), &st) != 0 || st.st_ino != ch.peer_ino)
