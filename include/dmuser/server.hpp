@@ -20,6 +20,7 @@
 
 #include "dmuser/block_store.hpp"
 #include "dmuser/channel_source.hpp"
+#include "dmuser/detail/read_rules.hpp"
 #include "dmuser/dispatch.hpp"
 #include "dmuser/log.hpp"
 #include "dmuser/protocol.hpp"

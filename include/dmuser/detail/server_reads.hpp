@@ -15,26 +15,25 @@ namespace dmuser {
 
 template <BlockStore S>
 bool server<S>::check_read_result(worker& w, io_result got) {
-    if (got.res > 0)
+    switch (detail::classify_read(got.res)) {
+    case detail::read_status::bytes:
         return true;
-    switch (got.res) {
-    case -ECANCELED:
-    case -EINTR:
-    case -EAGAIN:
+    case detail::read_status::retry:
         return false;
-    case 0:
+    case detail::read_status::end_of_file:
         w.stopping = true;
         target_gone("end of file on the channel");
         return false;
-    case -ENOTBLK:
+    case detail::read_status::target_removed:
         w.stopping = true;
         target_gone("target removed (ENOTBLK)");
         return false;
-    default:
-        w.stopping = true;
-        fatal("read", got.error());
-        return false;
+    case detail::read_status::failed:
+        break;
     }
+    w.stopping = true;
+    fatal("read", got.error());
+    return false;
 }
 
 template <BlockStore S>
@@ -137,27 +136,20 @@ template <BlockStore S>
 typename server<S>::took server<S>::take_whole(worker& w, slot& s, request& req, io_result got) {
     if (!check_read_result(w, got))
         return took::nothing;
-    std::size_t n = got.bytes();
-    if (n < header_size) {
+    const std::size_t n = got.bytes();
+    const detail::whole_read_verdict v =
+        detail::judge_whole_read(std::span<const std::byte, header_size>(s.header, header_size), n,
+                                 {read_size_, max_payload_, split_writes_});
+    if (v.what == detail::whole_read_verdict::kind::too_short) {
         reject(w, "short message", nullptr, n);
         return took::nothing;
     }
-    req = decode_header(std::span<const std::byte, header_size>(s.header, header_size));
-    s.bad = {};
+    req = v.req;
+    s.bad = v.bad;
     s.landed = false;
-    std::size_t expect = header_size + (req.carries_payload() ? req.len : 0);
-    if (req.carries_payload() && req.len > max_payload_)
-        s.bad = "length over the maximum payload";
-    else if (n < expect && split_writes_ && req.type == DM_USER_REQ_MAP_WRITE &&
-             n == header_size + read_size_)
-        // The module splits a message only when it fills the read's buffer; a shorter
-        // one is malformed, and waiting for its "rest" would wait for ever.
+    if (v.what == detail::whole_read_verdict::kind::part_of_write)
         return took::part_of_write;
-    else if (n < expect)
-        s.bad = "message shorter than its header says";
-    else if (n > expect)
-        s.bad = "message longer than its header says";
-    else if (req.carries_payload())
+    if (v.bad.empty() && req.carries_payload())
         req.payload = std::span<const std::byte>(s.buffer.get(), req.len);
     return took::request;
 }
@@ -255,10 +247,10 @@ task<bool> server<S>::read_stream(worker& w, channel& ch, slot& s, request& req)
     req = decode_header(std::span<const std::byte, header_size>(s.header, header_size));
     s.bad = {};
     s.landed = false;
-    if (req.carries_payload() && req.len > max_payload_) {
-        // Consume the payload anyway so the stream stays in step.
+    const detail::stream_payload_plan plan = detail::plan_stream_payload(req, max_payload_);
+    if (plan.skip) {
         s.bad = "length over the maximum payload";
-        std::uint64_t left = req.len;
+        std::uint64_t left = plan.read;
         while (left > 0) {
             std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, s.capacity));
             if (!co_await read_fully(w, ch, s.buffer.get(), n))
@@ -267,9 +259,8 @@ task<bool> server<S>::read_stream(worker& w, channel& ch, slot& s, request& req)
         }
         co_return true;
     }
-    if (req.len <= max_payload_ && (req.type == DM_USER_REQ_MAP_READ || req.carries_payload()))
-        ensure_capacity(s, req.len);
-    if (req.carries_payload()) {
+    ensure_capacity(s, plan.buffer);
+    if (plan.read > 0) {
         // The header came alone, so the payload may go straight to the store.
         std::byte* dest = landing_zone(s, req);
         if (!co_await read_fully(w, ch, dest ? dest : s.buffer.get(), req.len))

@@ -14,13 +14,8 @@ namespace dmuser {
 // Returns how many there are (1 or 2); `bytes` gets the response's length.
 template <BlockStore S>
 int server<S>::prepare_response(slot& s, const request& req, const reply& rep, std::size_t& bytes) {
-    encode_response(std::span<std::byte, header_size>(s.header, header_size), req, rep.status);
-    s.iov[0] = iovec{s.header, header_size};
-    bytes = header_size + rep.data.size();
-    if (rep.data.empty())
-        return 1;
-    s.iov[1] = iovec{const_cast<std::byte*>(rep.data.data()), rep.data.size()};
-    return 2;
+    return detail::lay_out_response(std::span<std::byte, header_size>(s.header, header_size), req,
+                                    rep.status, rep.data, s.iov, bytes);
 }
 
 // One write of iov[0, count) to the channel.
