@@ -1,5 +1,6 @@
-# ./dev package: build the Debian packages (dm-user-dkms, libdmuser-dev, dmuser-tools) with
-# dpkg-buildpackage -us -uc from a copy of the tree in build-pkg/, then lintian them.
+# ./dev package: build the Debian packages (dm-user-dkms, libdmuser-dev, dmuser-tools,
+# dmuser-rbd) with dpkg-buildpackage -us -uc from a copy of the tree in build-pkg/, then
+# lintian them.
 # The packages land in build-pkg/; a second run with the same sources reuses them.
 
 # pkg_sources: NUL-separated, the files of the tree as it is now: what git tracks and the
@@ -23,7 +24,8 @@ pkg_build() {
     mkdir -p "$PKG_DIR"
     key=$(pkg_sources | (cd "$DEV_ROOT" && xargs -0 sha256sum) | sha256sum | cut -d' ' -f1)
     PKG_DEBS=("$PKG_DIR"/dm-user-dkms_"$version"_all.deb "$PKG_DIR"/libdmuser-dev_"$version"_all.deb
-        "$PKG_DIR"/dmuser-tools_"$version"_"$(dpkg --print-architecture)".deb)
+        "$PKG_DIR"/dmuser-tools_"$version"_"$(dpkg --print-architecture)".deb
+        "$PKG_DIR"/dmuser-rbd_"$version"_"$(dpkg --print-architecture)".deb)
     if [ "$(cat "$PKG_DIR/source.key" 2>/dev/null)" = "$key" ] && ls "${PKG_DEBS[@]}" >/dev/null 2>&1; then
         say "packages of this source are in build-pkg/ already"
         return 0

@@ -9,7 +9,7 @@
 
 source "$DEV_ROOT/scripts/dev/package.sh"
 
-PKG_NAMES=(dm-user-dkms libdmuser-dev dmuser-tools)
+PKG_NAMES=(dm-user-dkms libdmuser-dev dmuser-tools dmuser-rbd)
 
 # pkg_check NAME CMD...: one test, passed when CMD succeeds; its output goes to
 # build-pkg/tests.log, the tail of it to the terminal when it fails.
@@ -48,11 +48,11 @@ pkg_dkms_built() {
         fi
 }
 
-# Every program in dmuser-tools' /usr/bin has a man page, and the page names every option
+# Every program in dmuser-tools' and dmuser-rbd's /usr/bin has a man page, and the page names every option
 # its --help names (help2man made it from --help; this catches a page that went stale).
 pkg_man_pages() {
     local prog opt page text n=0
-    for prog in $(dpkg -L dmuser-tools | grep '^/usr/bin/'); do
+    for prog in $(dpkg -L dmuser-tools dmuser-rbd | grep '^/usr/bin/'); do
         page=$(man -w "${prog##*/}") || return 1
         echo "$page"
         # The page's source, with roff's \- made plain (rendered, hyphens may become U+2010).
@@ -115,7 +115,7 @@ package_tests() {
     vm_kernel
     say "package tests: build, lintian, install, DKMS for $VM_KVER, VM, remove"
     if ! (pkg_build); then
-        t_fail "pkg: ./dev package builds the three packages"
+        t_fail "pkg: ./dev package builds the packages"
         return 0
     fi
     pkg_build >/dev/null 2>&1 # sets PKG_DIR and PKG_DEBS (the build is done: reused)
@@ -123,7 +123,7 @@ package_tests() {
     rm -rf "$PKG_DIR/tests.log" "$PKG_DIR/units" && mkdir -p "$PKG_DIR/units"
     pkg_check "lintian reports no errors" pkg_lintian
     if grep -q '^E: ' "$PKG_DIR/lintian.log"; then grep '^E: ' "$PKG_DIR/lintian.log" >&2; fi
-    pkg_check "apt install ./dm-user-dkms ./libdmuser-dev ./dmuser-tools" pkg_apt_install
+    pkg_check "apt install ./dm-user-dkms ./libdmuser-dev ./dmuser-tools ./dmuser-rbd" pkg_apt_install
     pkg_check "dkms built dm-user for the VM's kernel $VM_KVER (none for $(uname -r), said so)" pkg_dkms_built
     pkg_check "every program has a man page naming each --help option" pkg_man_pages
     pkg_check "systemd-analyze verify: dmuser-{file,ramdisk,compressed}@.service" pkg_units_verify
