@@ -150,10 +150,27 @@ sanitizer_build() {
     }
 }
 
+# The conformance daemon (tests/conformance/) against the fake kernel's stream channels,
+# Part 2 and Part 1: what it saw must be what it saw on the module (expected.txt, which the
+# VM test part2-conformance-fake-and-module checks against the module itself).
+host_conformance() {
+    local mode out
+    for mode in --fake --fake-part1; do
+        if out=$(timeout 120 "$DEV_ROOT/build/tests/dmuser-conformance" "$mode" 2>&1) &&
+            diff -u "$DEV_ROOT/tests/conformance/expected.txt" - <<<"$out" >/dev/null; then
+            t_pass "conformance: the fake kernel ($mode) sees what the module does"
+        else
+            t_fail "conformance: the fake kernel ($mode) sees what the module does"
+            diff -u "$DEV_ROOT/tests/conformance/expected.txt" - <<<"$out" | head -n 40 >&2
+        fi
+    done
+}
+
 host_tests() {
     meson_build build
     say "host tests (build/)"
     host_test_build build ""
+    host_conformance
     host_out_of_tree
     # GCC 12's -Wmaybe-uninitialized misfires inside libstdc++ under the sanitizers (e.g.
     # std::function in <regex>); the plain build keeps the warning. -O1 -g1 (line tables,
