@@ -11,6 +11,12 @@
 #                [--devices "brd nullb ..."] [--profile] [--quick]
 #                [--figures "randread-4k-qd1 ..."] [--ramdisk-args "--poll-us 50"]
 #                [--profile-devices "ramdisk2"] [--profile-figures "randread-4k-qd32 ..."]
+#                [--no-ceph] [--ceph-size-mb N]
+#
+# The devices, in order (--devices picks some): brd nullb loop nbd dmnbd legacy ramdisk1
+# ramdisk2 ext4 tmpfs brd_end, then the Ceph section: krbd rbdnbd dmrbd fiorbd, one RBD image on
+# a one-node cluster started in this boot (tests/vm/ceph-lib.bash). The Ceph section comes
+# after brd_end because the cluster's OSD keeps its data on a brd ramdisk of its own.
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -24,7 +30,10 @@ PROFILE_DEVICES="ramdisk2"
 ONLY_FIGURES=""
 RAMDISK_ARGS=""
 PROFILE_FIGURES="randread-4k-qd32 randwrite-4k-qd32"
-DEVICES="brd nullb loop nbd legacy ramdisk1 ramdisk2 ext4 tmpfs brd_end"
+CEPH_DEVICES="krbd rbdnbd dmrbd fiorbd"
+DEVICES="brd nullb loop nbd dmnbd legacy ramdisk1 ramdisk2 ext4 tmpfs brd_end $CEPH_DEVICES"
+# The RBD image: smaller than the other devices, since filling it goes through the OSD.
+CEPH_SIZE_MB=256
 while [ $# -gt 0 ]; do
     case $1 in
         --build) BUILD=$2; shift ;;
@@ -38,6 +47,9 @@ while [ $# -gt 0 ]; do
         --profile-devices) PROFILE=1; PROFILE_DEVICES=$2; shift ;;
         --profile-figures) PROFILE=1; PROFILE_FIGURES=$2; shift ;;
         --quick) RUNTIME=2; RAMP=1 ;;
+        --no-ceph) DEVICES=" $DEVICES "
+            for d in $CEPH_DEVICES; do DEVICES=${DEVICES/ $d / }; done ;;
+        --ceph-size-mb) CEPH_SIZE_MB=$2; shift ;;
         *) echo "fio-suite: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -176,11 +188,15 @@ run_fio() {
             sample_iou_wrk "$OUT/$dev/$name.iouwrk" &
             sampler=$!
         fi
-        local cpu0 cpu1
+        local cpu0 cpu1 io=(--filename="$target" --ioengine=io_uring --direct="$direct")
+        # rbd:POOL/IMAGE: fio's own rbd engine, librbd with no block device at all.
+        if [[ $target == rbd:* ]]; then
+            local spec=${target#rbd:}
+            io=(--ioengine=rbd --clientname=admin --pool="${spec%/*}" --rbdname="${spec#*/}")
+        fi
         cpu0=$(cpu_ticks)
         # shellcheck disable=SC2086
-        "${FIO[@]}" --name="$name" --filename="$target" --size="${SIZE_MB}m" \
-            --ioengine=io_uring --direct="$direct" $args \
+        "${FIO[@]}" --name="$name" --size="${SIZE_MB}m" "${io[@]}" $args \
             --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
             --norandommap --randrepeat=0 --group_reporting \
             --output-format=json --output="$OUT/$dev/$name.json" \
@@ -207,18 +223,18 @@ run_fio() {
 # host) gets PREFILL_S seconds and a note saying how far it got.
 PREFILL_S=40
 prefill() {
-    local dev=$1 target=$2 pid t
+    local dev=$1 target=$2 pid t limit=${PREFILL_LIMIT:-$PREFILL_S}
     dd if=/dev/zero of="$target" bs=1M count="$SIZE_MB" oflag=direct conv=notrunc \
         status=none 2>/dev/null &
     pid=$!
-    for ((t = 0; t < PREFILL_S * 10; t++)); do
+    for ((t = 0; t < limit * 10; t++)); do
         kill -0 "$pid" 2>/dev/null || break
         nap 0.1
     done
     if kill -0 "$pid" 2>/dev/null; then
         kill "$pid" 2>/dev/null
-        echo "prefill stopped after ${PREFILL_S} s: reads partly hit never-written blocks" >"$OUT/$dev/note"
-        log "$dev: prefill stopped after ${PREFILL_S} s"
+        echo "prefill stopped after ${limit} s: reads partly hit never-written blocks" >"$OUT/$dev/note"
+        log "$dev: prefill stopped after ${limit} s"
     fi
     wait "$pid" 2>/dev/null
 }
@@ -338,14 +354,26 @@ teardown_loop() {
     umount "$WORK/loopfs"
 }
 
+# nbdkit_start DEVICE: the NBD server both NBD clients are measured against,
+# `nbdkit memory` of SIZE_MB on a Unix socket; its pid first in DAEMON_PIDS.
+nbdkit_start() {
+    local dev=$1
+    command -v nbdkit >/dev/null || { status "$dev" "not installed: nbdkit"; return 1; }
+    rm -f "$WORK/nbd.sock"
+    nbdkit --foreground --unix "$WORK/nbd.sock" memory "${SIZE_MB}M" \
+        >"$OUT/$dev/nbdkit.log" 2>&1 &
+    DAEMON_PIDS=$!
+    for _ in {1..50}; do [ -S "$WORK/nbd.sock" ] && return 0; nap 0.1; done
+    status "$dev" "failed: nbdkit made no socket ($(tail -n 1 "$OUT/$dev/nbdkit.log"))"
+    return 1
+}
+
+# The kernel's NBD client (nbd-client, one connection) on nbdkit.
 setup_nbd() {
     command -v nbdkit >/dev/null || { status nbd "not installed: nbdkit"; return 1; }
     command -v nbd-client >/dev/null || { status nbd "not installed: nbd-client"; return 1; }
     modprobe nbd nbds_max=2 || return 1
-    nbdkit --foreground --unix "$WORK/nbd.sock" memory "${SIZE_MB}M" \
-        >"$OUT/nbd/daemon.log" 2>&1 &
-    DAEMON_PIDS=$!
-    for _ in {1..50}; do [ -S "$WORK/nbd.sock" ] && break; nap 0.1; done
+    nbdkit_start nbd || return 1
     nbd-client -unix "$WORK/nbd.sock" /dev/nbd0 -b 4096 >>"$OUT/nbd/daemon.log" 2>&1 || return 1
     TARGET=/dev/nbd0
 }
@@ -353,6 +381,26 @@ teardown_nbd() {
     nbd-client -d /dev/nbd0 >/dev/null 2>&1
     stop_daemons
     rmmod nbd
+}
+
+# dmuser-nbd (libnbd, its socket polled on the server thread's ring) on the same
+# kind of nbdkit server: one thread, so one connection, as nbd-client has.
+setup_dmnbd() {
+    dm_user_loaded || { status dmnbd "failed: no dm-user module loaded"; return 1; }
+    local bin
+    bin=$(find_bin dmuser-nbd) || { status dmnbd "not built"; return 1; }
+    nbdkit_start dmnbd || return 1
+    start_daemon dmnbd "$bin" --name bench-nbd --threads 1 "nbd+unix:///?socket=$WORK/nbd.sock" ||
+        { status dmnbd "failed: dmuser-nbd exited ($(tail -n 1 "$OUT/dmnbd/daemon.log"))"; return 1; }
+    wait_serving dmnbd bench-nbd 30
+}
+# dmuser-nbd first (SIGTERM removes its device), then its server.
+teardown_dmnbd() {
+    local server=${DAEMON_PIDS%% *}
+    DAEMON_PIDS=${DAEMON_PIDS#"$server"}
+    stop_daemons TERM
+    DAEMON_PIDS=$server
+    stop_daemons TERM
 }
 
 # The Part 1 daemon from tests/: blocking reads, one thread per channel; one
@@ -380,13 +428,19 @@ setup_ramdisk_n() {
     # shellcheck disable=SC2086
     start_daemon "$dev" "$bin" --name "$name" --size "${SIZE_MB}M" --threads "$threads" \
         $RAMDISK_ARGS || return 1
-    # Ready once it says it serves the device.
-    local line
-    for _ in {1..100}; do
+    wait_serving "$dev" "$name" 20
+}
+
+# wait_serving DEVICE NAME SECS: TARGET=/dev/mapper/NAME once the daemon last
+# started (an example daemon, which creates its device itself) says it serves it.
+wait_serving() {
+    local dev=$1 name=$2 secs=$3 line t
+    for ((t = 0; t < secs * 5; t++)); do
         while IFS= read -r line; do
             [[ $line == *serving* ]] && break 2
         done <"$OUT/$dev/daemon.log"
-        kill -0 "${DAEMON_PIDS##* }" 2>/dev/null || return 1
+        kill -0 "${DAEMON_PIDS##* }" 2>/dev/null ||
+            { status "$dev" "failed: the daemon exited ($(tail -n 1 "$OUT/$dev/daemon.log"))"; return 1; }
         nap 0.2
     done
     [ -b "/dev/mapper/$name" ] || dmsetup mknodes "$name" >/dev/null 2>&1
@@ -441,6 +495,156 @@ teardown_tmpfs() {
     umount "$WORK/tmpfs"
 }
 
+# --- Ceph RBD: one cluster, one image, three clients in turn -------------------
+# The cluster (tests/vm/ceph-lib.bash: mon and OSD on 127.0.0.1, bluestore on a brd
+# ramdisk) starts with the first of krbd, rbdnbd and dmrbd, and serves the rest of
+# the boot. The same image serves all three, mapped by one at a time, filled once
+# (by the first) before its reads.
+CEPH_IMAGE=bench
+CEPH_STATE=""     # "ok" once the cluster and the image are up, else why not
+CEPH_FILLED=0
+CEPH_PREFILL_S=150
+export CEPH_CONF=/tmp/ceph/ceph.conf
+
+# bounded SECS OUTFILE CMD...: run CMD with its stdout to OUTFILE; give up after
+# SECS (a map stuck in the kernel cannot be killed: it is left behind).
+bounded() {
+    local secs=$1 out=$2 pid t
+    shift 2
+    "$@" >"$out" &
+    pid=$!
+    for ((t = 0; t < secs * 10; t++)); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid"; return; }
+        nap 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null
+    echo "bounded: '$*' still running after $secs s" >&2
+    return 124
+}
+
+# ceph_use DEVICE: the cluster up (started now if it is not yet) and the device
+# measured at CEPH_SIZE_MB; 1, with the reason as DEVICE's status, if it cannot be.
+ceph_use() {
+    local dev=$1 t=$SECONDS
+    if [ -z "$CEPH_STATE" ]; then
+        if ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null ||
+            ! command -v rbd >/dev/null; then
+            CEPH_STATE="not available: ceph-mon, ceph-osd or rbd not installed"
+        elif [ ! -x "$BUILD/tests/rados-mon-command" ]; then
+            CEPH_STATE="not built: tests/rados-mon-command (librados-dev)"
+        else
+            log "ceph: starting a one-node cluster (a minute or two under TCG)"
+            # A subshell: the test library's fail() exits, and ends only that.
+            if (
+                export VMT_BUILD=$BUILD
+                # shellcheck source=/dev/null
+                source "$REPO/tests/vm/lib.sh"
+                # shellcheck source=/dev/null
+                source "$REPO/tests/vm/ceph-lib.bash"
+                ceph_cluster_start && ceph_image_create "$CEPH_IMAGE" "${CEPH_SIZE_MB}M"
+            ) >"$OUT/$dev/ceph.log" 2>&1; then
+                CEPH_STATE=ok
+                log "ceph: cluster up, rbd/$CEPH_IMAGE (${CEPH_SIZE_MB} MiB) ready in $((SECONDS - t)) s"
+                echo "$((SECONDS - t))" >"$OUT/$dev/ceph-start-s"
+            else
+                CEPH_STATE="failed: the Ceph cluster did not start ($(tail -n 1 "$OUT/$dev/ceph.log"))"
+            fi
+        fi
+    fi
+    [ "$CEPH_STATE" = ok ] || { status "$dev" "$CEPH_STATE"; return 1; }
+    SIZE_MB_SAVED=$SIZE_MB
+    SIZE_MB=$CEPH_SIZE_MB
+    # Filled once, by whichever client comes first.
+    if [ "$CEPH_FILLED" = 1 ]; then
+        SKIP_PREFILL=1
+        echo "the RBD image was filled once, through the first client measured" >"$OUT/$dev/note"
+    else
+        CEPH_FILLED=1
+        PREFILL_LIMIT=$CEPH_PREFILL_S
+    fi
+}
+ceph_done() { SIZE_MB=${SIZE_MB_SAVED:-$SIZE_MB}; }
+
+# krbd: the kernel's RBD client. Without udev in the guest, map and unmap need
+# -o noudev (else they wait for udev forever).
+KRBD_DEV=""
+setup_krbd() {
+    command -v rbd >/dev/null || { status krbd "not available: rbd (ceph-common) not installed"; return 1; }
+    ceph_use krbd || return 1
+    modprobe rbd || { status krbd "failed: cannot load the rbd module"; return 1; }
+    bounded 120 "$WORK/krbd.dev" rbd device map -o noudev "rbd/$CEPH_IMAGE" ||
+        { status krbd "failed: rbd device map"; return 1; }
+    read -r KRBD_DEV <"$WORK/krbd.dev"
+    [ -b "$KRBD_DEV" ] || { status krbd "failed: rbd device map printed '$KRBD_DEV'"; return 1; }
+    TARGET=$KRBD_DEV
+}
+teardown_krbd() {
+    [ -n "$KRBD_DEV" ] && bounded 60 /dev/null rbd device unmap -o noudev "$KRBD_DEV"
+    KRBD_DEV=""
+    ceph_done
+}
+
+# rbd-nbd: Ceph's own userspace block device, librbd behind the kernel's NBD
+# client. It forks a daemon that serves /dev/nbdN; netlink (which needs no
+# udev) first, the ioctl interface if that fails.
+RBDNBD_DEV=""
+setup_rbdnbd() {
+    command -v rbd-nbd >/dev/null || { status rbdnbd "not available: rbd-nbd not installed"; return 1; }
+    ceph_use rbdnbd || return 1
+    modprobe nbd nbds_max=4 || { status rbdnbd "failed: cannot load the nbd module"; return 1; }
+    if ! bounded 120 "$WORK/rbdnbd.dev" rbd-nbd map --try-netlink "rbd/$CEPH_IMAGE"; then
+        bounded 120 "$WORK/rbdnbd.dev" rbd-nbd map "rbd/$CEPH_IMAGE" ||
+            { status rbdnbd "failed: rbd-nbd map"; return 1; }
+    fi
+    read -r RBDNBD_DEV <"$WORK/rbdnbd.dev"
+    [ -b "$RBDNBD_DEV" ] || { status rbdnbd "failed: rbd-nbd map printed '$RBDNBD_DEV'"; return 1; }
+    TARGET=$RBDNBD_DEV
+}
+teardown_rbdnbd() {
+    [ -n "$RBDNBD_DEV" ] && bounded 60 /dev/null rbd-nbd unmap "$RBDNBD_DEV"
+    RBDNBD_DEV=""
+    # rbd-nbd's daemon closes the image as it exits: wait for it before the next client.
+    local p c
+    for _ in {1..50}; do
+        c=""
+        for p in /proc/[0-9]*/comm; do
+            read -r c 2>/dev/null <"$p" && [ "$c" = rbd-nbd ] && break
+            c=""
+        done
+        [ -z "$c" ] && break
+        nap 0.2
+    done
+    rmmod nbd
+    ceph_done
+}
+
+# dmuser-rbd: librbd's asynchronous API behind dm-user, two server threads on
+# one image handle.
+setup_dmrbd() {
+    dm_user_loaded || { status dmrbd "failed: no dm-user module loaded"; return 1; }
+    local bin
+    bin=$(find_bin dmuser-rbd) || { status dmrbd "not built"; return 1; }
+    ceph_use dmrbd || return 1
+    start_daemon dmrbd "$bin" --name bench-rbd --conf "$CEPH_CONF" --threads 2 "rbd/$CEPH_IMAGE" ||
+        { status dmrbd "failed: dmuser-rbd exited ($(tail -n 1 "$OUT/dmrbd/daemon.log"))"; return 1; }
+    wait_serving dmrbd bench-rbd 60
+}
+teardown_dmrbd() {
+    stop_daemons TERM
+    ceph_done
+}
+
+# fio's rbd engine: librbd straight from fio, no block device and no daemon: what
+# Ceph itself costs, to tell dmuser-rbd's share from the cluster's. Put it after one
+# of the three above: it does not fill the image itself.
+setup_fiorbd() {
+    ceph_use fiorbd || return 1
+    [ "$SKIP_PREFILL" = 1 ] ||
+        echo "the RBD image was not filled: reads partly hit never-written objects" >"$OUT/fiorbd/note"
+    TARGET=rbd:rbd/$CEPH_IMAGE
+}
+teardown_fiorbd() { ceph_done; }
+
 # --- perf, where it works -------------------------------------------------------
 # profile DEVICE TARGET: a system-wide cpu-clock profile of each figure in
 # PROFILE_FIGURES, the top symbols as text. perf runs fio itself, so the
@@ -493,6 +697,7 @@ send_results() {
     echo "ramp_s=$RAMP"
     echo "dm_user=$(dmsetup targets 2>/dev/null | awk '$1 == "user" { print $2 }')"
     echo "devices=$DEVICES"
+    echo "ceph_size_mb=$CEPH_SIZE_MB"
 } >"$OUT/meta.txt"
 log "fio suite: ${#DEVLIST[@]} devices x ${#FIGURES[@]} figures, ${RUNTIME}s + ${RAMP}s ramp each, ${SIZE_MB} MiB"
 
@@ -506,6 +711,8 @@ for dev in "${DEVLIST[@]}"; do
         continue
     fi
     TARGET=""
+    SKIP_PREFILL=0
+    PREFILL_LIMIT=""
     "setup_$dev" >>"$OUT/$dev/setup.log" 2>&1
     rc=$?
     target=$TARGET
@@ -519,7 +726,7 @@ for dev in "${DEVLIST[@]}"; do
     fi
     log "$dev: $target${DAEMON_PIDS:+ (daemon pids $DAEMON_PIDS)}"
     case $target in
-        /dev/*) prefill "$dev" "$target" ;;
+        /dev/*) [ "$SKIP_PREFILL" = 1 ] || prefill "$dev" "$target" ;;
     esac
     echo "$target" >"$OUT/$dev/target"
     echo "$DIRECT" >"$OUT/$dev/direct"

@@ -1,11 +1,18 @@
-# ./dev bench [--quick] [--host-only | --vm-only] [--profile] [--note "what changed"]
+# ./dev bench [--quick] [--host-only | --vm-only] [--profile] [--no-ceph]
+#             [--devices "brd dmnbd ..."] [--note "what changed"]
 #
 # The benchmark suite (benchmarks/README.md): host micro-benchmarks of the SDK
 # through its fake kernel, then one VM boot in which fio measures every device
-# (brd, null_blk, loop, nbd, the legacy daemon, dmuser-ramdisk, ext4 on it,
-# tmpfs). Writes benchmarks/results/latest.md, chart.png and raw/.
+# (brd, null_blk, loop, nbd and dmuser-nbd, the legacy daemon, dmuser-ramdisk,
+# ext4 on it, tmpfs; then a one-node Ceph cluster's image through krbd, rbd-nbd
+# and dmuser-rbd). Writes benchmarks/results/latest.md, chart.png and raw/.
 #   --quick       2 s per figure instead of 6 (a smoke run; noisier)
 #   --profile     also take perf profiles in the guest (about a minute more)
+#   --no-ceph     leave out the Ceph section (krbd, rbd-nbd, dmuser-rbd: about
+#                 4 minutes, most of it the cluster starting under TCG)
+#   --devices L   measure only these devices (fio-suite.sh's names, e.g.
+#                 "brd nbd dmnbd krbd rbdnbd dmrbd"); the results replace
+#                 latest.md like any run
 #   --note TEXT   append a line to benchmarks/results/HISTORY.md: TEXT, and
 #                 dmuser-ramdisk's figures before (the previous run) and after
 
@@ -66,8 +73,10 @@ bench_vm() {
     local dir=$1 log="$1.console" args=()
     [ "$BENCH_QUICK" = 1 ] && args+=(--quick)
     [ "$BENCH_PROFILE" = 1 ] && args+=(--profile)
+    [ "$BENCH_CEPH" = 0 ] && args+=(--no-ceph)
+    [ -n "$BENCH_DEVICES" ] && args+=(--devices "$BENCH_DEVICES")
     bench_stage_fio
-    say "fio in the VM: one boot, every device (progress below; about 8 minutes)"
+    say "fio in the VM: one boot, every device (progress below; about 12 minutes)"
     # The guest's results come back as a base64 tarball between two marker
     # lines on the console; show everything else as progress.
     local rc=0
@@ -106,11 +115,15 @@ bench_vm() {
 dev_bench() {
     BENCH_QUICK=0
     BENCH_PROFILE=0
+    BENCH_CEPH=1
+    BENCH_DEVICES=""
     local host=1 vm=1 note=""
     while [ $# -gt 0 ]; do
         case "$1" in
             --quick) BENCH_QUICK=1 ;;
             --profile) BENCH_PROFILE=1 ;;
+            --no-ceph) BENCH_CEPH=0 ;;
+            --devices) BENCH_DEVICES=$2; shift ;;
             --host-only) vm=0 ;;
             --vm-only) host=0 ;;
             --note) note=$2; shift ;;
