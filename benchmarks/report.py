@@ -20,20 +20,37 @@ DEVICES = [
     ("nullb", "null_blk, memory backed"),
     ("loop", "loop on a tmpfs file"),
     ("nbd", "nbd + nbdkit memory (Unix socket)"),
+    ("dmnbd", "dm-user + dmuser-nbd + nbdkit memory, 1 thread"),
     ("legacy", "dm-user + legacy C daemon (Part 1)"),
     ("ramdisk1", "dm-user + dmuser-ramdisk, 1 thread"),
     ("ramdisk2", "dm-user + dmuser-ramdisk, 2 threads"),
     ("ext4", "ext4 on dmuser-ramdisk (2 thr), file"),
     ("tmpfs", "tmpfs, file"),
     ("brd_end", "brd again, at the end (drift check)"),
+    ("krbd", "krbd: Ceph RBD image, kernel client"),
+    ("rbdnbd", "rbd-nbd: the same image, librbd over nbd"),
+    ("dmrbd", "dm-user + dmuser-rbd: the same image, 2 threads"),
+    ("fiorbd", "fio's rbd engine: librbd alone, no device"),
 ]
 LABEL = dict(DEVICES)
 SHORT = {
     "brd": "brd", "nullb": "null_blk", "loop": "loop/tmpfs", "nbd": "nbd",
     "legacy": "legacy C daemon", "ramdisk1": "dmuser-ramdisk 1t",
     "ramdisk2": "dmuser-ramdisk 2t", "ext4": "ext4 on dm-user", "tmpfs": "tmpfs file",
-    "brd_end": "brd at the end",
+    "brd_end": "brd at the end", "dmnbd": "dmuser-nbd", "krbd": "krbd",
+    "rbdnbd": "rbd-nbd", "dmrbd": "dmuser-rbd", "fiorbd": "fio rbd engine",
 }
+# The tool a user would pick instead of each network daemon (issue 13): device,
+# its rival, the least ratio wanted on every figure (None: measured, no goal).
+RIVALS = [
+    ("dmnbd", "nbd", None),
+    ("dmrbd", "rbdnbd", 1.0),
+    ("dmrbd", "krbd", 0.8),
+    ("rbdnbd", "krbd", None),
+    ("dmrbd", "fiorbd", None),
+]
+CEPH = ("krbd", "rbdnbd", "dmrbd", "fiorbd")
+DAEMONS = ("nbd", "dmnbd", "legacy", "ramdisk1", "ramdisk2", "ext4", "dmrbd")
 # key, column title, chart title, unit ("iops" or "mibs")
 FIGURES = [
     ("randread-4k-qd1", "4K rand read QD1", "4K randread QD1", "iops"),
@@ -215,7 +232,7 @@ def device_table(devices):
         if wrk:
             fio = max(w.get("fio", 0) for w in wrk)
             daemon = max(w.get("daemon", 0) for w in wrk)
-            has_daemon = dev in ("nbd", "legacy", "ramdisk1", "ramdisk2", "ext4")
+            has_daemon = dev in DAEMONS
             cells.append(f"{fio} / {daemon}" if has_daemon else f"{fio} / –")
         else:
             cells.append("–")
@@ -223,6 +240,29 @@ def device_table(devices):
             cells[0] += f" [{entry['status']}]"
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def rivals_table(devices):
+    """Each network daemon against the tool a user would pick instead, figure by
+    figure, as a ratio of the two in the same boot (issue 13's goals)."""
+    head = ["device / rival"] + [f[1] for f in FIGURES] + ["goal"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    any_row = False
+    for dev, rival, goal in RIVALS:
+        if not devices.get(dev, {}).get("figures") or not devices.get(rival, {}).get("figures"):
+            continue
+        cells = [f"{SHORT[dev]} / {SHORT[rival]}"]
+        met = True
+        for key, *_ in FIGURES:
+            r = ratio(devices, dev, key, rival)
+            cells.append(f"{r:.2f}×" if r is not None else "–")
+            if r is None or (goal is not None and r < goal):
+                met = False
+        cells.append("–" if goal is None else f"≥ {goal:g}× on every figure: "
+                     + ("**met**" if met else "**not met**"))
+        rows.append("| " + " | ".join(cells) + " |")
+        any_row = True
+    return "\n".join(rows) if any_row else ""
 
 
 def cpu_table(devices):
@@ -392,7 +432,9 @@ def chart(devices, out_dir, meta=None, gnuplot="gnuplot"):
             f.write(f'"{title}\\n({brd})" ' + " ".join(cells) + "\n")
     png = os.path.join(out_dir, "chart.png")
     colors = {"nullb": "#9e9e9e", "loop": "#bdbdbd", "nbd": "#e57373", "legacy": "#ffb74d",
-              "ramdisk1": "#64b5f6", "ramdisk2": "#1565c0", "ext4": "#4db6ac", "tmpfs": "#a5d6a7"}
+              "ramdisk1": "#64b5f6", "ramdisk2": "#1565c0", "ext4": "#4db6ac", "tmpfs": "#a5d6a7",
+              "dmnbd": "#c62828", "krbd": "#7e57c2", "rbdnbd": "#ce93d8", "dmrbd": "#4a148c",
+              "fiorbd": "#f06292"}
     plots = []
     for i, d in enumerate(shown):
         plots.append(f"'{dat}' using {i + 2}:xtic(1) title columnhead({i + 2}) "
@@ -523,7 +565,9 @@ def main():
                   f"dm-user target {meta.get('dm_user') or 'not loaded'}, {meta.get('fio', 'fio')}")
         md.append(f"- each figure: fio, io_uring, direct I/O, {meta.get('runtime_s', '?')} s after a "
                   f"{meta.get('ramp_s', '?')} s ramp, one pass; devices of {meta.get('size_mb', '?')} MiB, "
-                  "filled before the reads; all in one boot")
+                  "filled before the reads; all in one boot"
+                  + (f"; the RBD image {meta['ceph_size_mb']} MiB" if meta.get("ceph_size_mb")
+                     and any(devices.get(d, {}).get("figures") for d in CEPH) else ""))
     # The host's load average as the VM started: the guest's vCPUs are host threads.
     load = read_text(os.path.join(args.vm, "host-load.txt")) if args.vm else ""
     if load:
@@ -555,6 +599,17 @@ def main():
         md.append("`iou-wrk`: io_uring worker threads counted during the QD32 runs (most seen), of fio "
                   "and of the device's daemon. Zero means io_uring waited by polling, with no thread "
                   "parked per request.\n")
+        rivals = rivals_table(devices)
+        if rivals:
+            md.append("## Against the tool a user would pick instead (issue 13)\n")
+            md.append("Each network daemon's figures divided by its rival's, from the same boot. "
+                      "dmuser-nbd and nbd-client each have one connection to an `nbdkit memory` "
+                      "server of their own (same size, same socket path); krbd, rbd-nbd and "
+                      "dmuser-rbd map one RBD image in turn on a one-node Ceph cluster in the guest "
+                      f"({meta.get('ceph_size_mb', '?')} MiB, filled once by the first of them). "
+                      "Under TCG the OSD may be the bottleneck for all three.\n")
+            md.append(rivals)
+            md.append("")
         goals, _ = goals_table(devices, host)
         md.append("## Goals for dmuser-ramdisk (issue 5)\n")
         md.append("Ratios from this run; each goal takes the better of the 1- and 2-thread runs.\n")
