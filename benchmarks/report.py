@@ -114,6 +114,9 @@ def load_figure(folder, key):
     guest_cpu = read_text(os.path.join(folder, key + ".cpu"))
     if guest_cpu:
         fig["guest_cpu_pct"] = float(guest_cpu)
+    osd_cpu = read_text(os.path.join(folder, key + ".osdcpu"))
+    if osd_cpu:
+        fig["osd_cpu_pct"] = float(osd_cpu)
     iouwrk = read_kv_line(read_text(os.path.join(folder, key + ".iouwrk")))
     if iouwrk:
         fig["iou_wrk"] = iouwrk
@@ -279,7 +282,8 @@ def cpu_table(devices):
             f = figs.get(key)
             if f and "guest_cpu_pct" in f:
                 per = f["guest_cpu_pct"] / 100 * 2 * 1e6 / f["iops"] if f["iops"] else 0
-                cells.append(f"{f['guest_cpu_pct']:.0f}% · {per:.0f} µs/IO")
+                osd = f" · OSD {f['osd_cpu_pct']:.0f}%" if "osd_cpu_pct" in f else ""
+                cells.append(f"{f['guest_cpu_pct']:.0f}% · {per:.0f} µs/IO{osd}")
             else:
                 cells.append("–")
         rows.append("| " + " | ".join(cells) + " |")
@@ -607,7 +611,7 @@ def main():
                       "server of their own (same size, same socket path); krbd, rbd-nbd and "
                       "dmuser-rbd map one RBD image in turn on a one-node Ceph cluster in the guest "
                       f"({meta.get('ceph_size_mb', '?')} MiB, filled once by the first of them). "
-                      "Under TCG the OSD may be the bottleneck for all three.\n")
+                      "Under TCG the OSD may be the bottleneck for all of them: see its CPU below.\n")
             md.append(rivals)
             md.append("")
         goals, _ = goals_table(devices, host)
@@ -623,7 +627,8 @@ def main():
         if cpu:
             md.append("## Guest CPU during each run\n")
             md.append("Busy share of both vCPUs (ramp included), and that as vCPU-µs per I/O: what "
-                      "each request costs the whole guest, fio included.\n")
+                      "each request costs the whole guest, fio included. For the Ceph clients, "
+                      "the OSD's own CPU in % of one vCPU: near 100 %, the OSD is the bottleneck.\n")
             md.append(cpu)
             md.append("")
         profiles = []

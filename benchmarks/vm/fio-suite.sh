@@ -100,6 +100,9 @@ STEP=0
 T0=$SECONDS
 
 log() { printf '[bench %4ds] %s\n' $((SECONDS - T0)) "$*"; }
+# The console, for progress from inside a device's setup (whose output goes to its setup.log).
+exec {CONSOLE_FD}>&1
+log_console() { log "$@" >&"$CONSOLE_FD"; }
 
 # status DEVICE TEXT: the device's outcome for the report ("ok", "not built: ...",
 # "failed: ...").
@@ -157,6 +160,15 @@ cpu_ticks() {
     echo "$((user + nice + sys + irq + softirq + steal)) $((user + nice + sys + idle + iowait + irq + softirq + steal))"
 }
 
+# pid_ticks PID: the process's user + system jiffies, from /proc/PID/stat.
+NCPU=$(nproc)
+OSD_PID=""
+pid_ticks() {
+    local f
+    read -r -a f 2>/dev/null <"/proc/$1/stat" || return 1
+    echo $((f[13] + f[14]))
+}
+
 # fio_headline FILE: "12.3k IOPS, 48 MiB/s" from fio's JSON, by bash alone:
 # the first non-zero "iops" and "bw" (the read side, else the write side).
 fio_headline() {
@@ -195,6 +207,8 @@ run_fio() {
             io=(--ioengine=rbd --clientname=admin --pool="${spec%/*}" --rbdname="${spec#*/}")
         fi
         cpu0=$(cpu_ticks)
+        local osd0="" osd1
+        [ -n "$OSD_PID" ] && osd0=$(pid_ticks "$OSD_PID")
         # shellcheck disable=SC2086
         "${FIO[@]}" --name="$name" --size="${SIZE_MB}m" "${io[@]}" $args \
             --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
@@ -206,6 +220,10 @@ run_fio() {
         cpu1=$(cpu_ticks)
         local busy=$((${cpu1% *} - ${cpu0% *})) total=$((${cpu1#* } - ${cpu0#* }))
         [ "$total" -gt 0 ] && echo "$((100 * busy / total)).$((1000 * busy / total % 10))" >"$OUT/$dev/$name.cpu"
+        # The Ceph OSD's own CPU, in % of one vCPU: whether the cluster is the bottleneck.
+        if [ -n "$osd0" ] && [ "$total" -gt 0 ] && osd1=$(pid_ticks "$OSD_PID"); then
+            echo "$((100 * (osd1 - osd0) * NCPU / total))" >"$OUT/$dev/$name.osdcpu"
+        fi
         [ -n "$sampler" ] && wait "$sampler"
         if [ $rc -ne 0 ]; then
             log "[$STEP/$TOTAL] $dev $name: fio failed ($(tail -n 1 "$OUT/$dev/$name.log"))"
@@ -214,6 +232,7 @@ run_fio() {
         summary=$(fio_headline "$OUT/$dev/$name.json")
         local extra="" w
         [ -f "$OUT/$dev/$name.iouwrk" ] && read -r w <"$OUT/$dev/$name.iouwrk" && extra=" iou-wrk: $w"
+        [ -f "$OUT/$dev/$name.osdcpu" ] && read -r w <"$OUT/$dev/$name.osdcpu" && extra+=" osd: ${w}% cpu"
         log "[$STEP/$TOTAL] $dev $name: $summary$extra"
     done
 }
@@ -533,7 +552,7 @@ ceph_use() {
         elif [ ! -x "$BUILD/tests/rados-mon-command" ]; then
             CEPH_STATE="not built: tests/rados-mon-command (librados-dev)"
         else
-            log "ceph: starting a one-node cluster (a minute or two under TCG)"
+            log_console "ceph: starting a one-node cluster (a minute or two under TCG)"
             # A subshell: the test library's fail() exits, and ends only that.
             if (
                 export VMT_BUILD=$BUILD
@@ -544,7 +563,8 @@ ceph_use() {
                 ceph_cluster_start && ceph_image_create "$CEPH_IMAGE" "${CEPH_SIZE_MB}M"
             ) >"$OUT/$dev/ceph.log" 2>&1; then
                 CEPH_STATE=ok
-                log "ceph: cluster up, rbd/$CEPH_IMAGE (${CEPH_SIZE_MB} MiB) ready in $((SECONDS - t)) s"
+                read -r OSD_PID 2>/dev/null </tmp/ceph/run/ceph-osd.0.pid
+                log_console "ceph: cluster up, rbd/$CEPH_IMAGE (${CEPH_SIZE_MB} MiB) ready in $((SECONDS - t)) s"
                 echo "$((SECONDS - t))" >"$OUT/$dev/ceph-start-s"
             else
                 CEPH_STATE="failed: the Ceph cluster did not start ($(tail -n 1 "$OUT/$dev/ceph.log"))"

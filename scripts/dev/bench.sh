@@ -181,7 +181,7 @@ bench_keep_raw() {
     for d in "$src"/*/; do
         d=${d%/}
         mkdir -p "$raw/${d##*/}"
-        find "$d" -maxdepth 1 -type f \( -name '*.json' -o -name '*.iouwrk' -o -name '*.cpu' \
+        find "$d" -maxdepth 1 -type f \( -name '*.json' -o -name '*.iouwrk' -o -name '*.cpu' -o -name '*.osdcpu' \
             -o -name status -o -name note -o -name 'profile.txt' -o -name 'iouwrk-idle' \) \
             -exec cp {} "$raw/${d##*/}/" \;
     done
