@@ -438,7 +438,7 @@ def chart(devices, out_dir, meta=None, gnuplot="gnuplot"):
     colors = {"nullb": "#9e9e9e", "loop": "#bdbdbd", "nbd": "#e57373", "legacy": "#ffb74d",
               "ramdisk1": "#64b5f6", "ramdisk2": "#1565c0", "ext4": "#4db6ac", "tmpfs": "#a5d6a7",
               "dmnbd": "#c62828", "krbd": "#7e57c2", "rbdnbd": "#ce93d8", "dmrbd": "#4a148c",
-              "fiorbd": "#f06292"}
+              "fiorbd": "#a1887f"}
     plots = []
     for i, d in enumerate(shown):
         plots.append(f"'{dat}' using {i + 2}:xtic(1) title columnhead({i + 2}) "
