@@ -76,7 +76,7 @@ bench_vm() {
     [ "$BENCH_CEPH" = 0 ] && args+=(--no-ceph)
     [ -n "$BENCH_DEVICES" ] && args+=(--devices "$BENCH_DEVICES")
     bench_stage_fio
-    say "fio in the VM: one boot, every device (progress below; about 12 minutes)"
+    say "fio in the VM: one boot, every device (progress below; about 14 minutes, 4 of them the Ceph section)"
     # The guest's results come back as a base64 tarball between two marker
     # lines on the console; show everything else as progress.
     local rc=0
