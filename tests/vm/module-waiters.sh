@@ -31,7 +31,8 @@ latency_line() {
     }' /tmp/fio.terse
 }
 
-# brd_reference SECS [FIO-OPTION...]: the same fio on a RAM disk in this boot,
+# brd_reference SECS [FIO-OPTION...]: the same fio on a RAM disk in this boot (a few
+# seconds: its figures are a scale, not a test),
 # to tell the host's scheduling delays (a loaded host, TCG) from the module's.
 brd_reference() {
     local secs=$1
@@ -77,7 +78,7 @@ t_all_waiters() {
     daemon_wait w 10 || fail "the daemon did not exit after remove (status $?): $(cat /tmp/w.out)"
     cat /tmp/w.out
     grep -q 'target gone' /tmp/w.out || fail "the daemon did not see the target go"
-    brd_reference 20
+    brd_reference 5
 }
 
 # The same with only one-shot and aio pollers, the entries a hand-made wake-up
@@ -111,7 +112,7 @@ t_qd1() {
     daemon_stop w
     cat /tmp/w.out
     dm_user_remove wq || fail "remove"
-    brd_reference 10 --iodepth=1
+    brd_reference 5 --iodepth=1
 }
 
 mtest waiters-all-kinds-under-randrw t_all_waiters 240
