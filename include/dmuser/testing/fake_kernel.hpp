@@ -8,9 +8,7 @@
 // bytes of two requests, the rest coming with the next read (checked against the module
 // by tests/conformance). One difference remains: a request of more than 32 KiB may show
 // to a read that races its sending in pieces, where the module's would have had it all.
-// Known issue: a server with several threads and channels on stream channels has been seen
-// to hang, rarely, with a request it read and never answered (tests/unit/test_model.cpp,
-// "[stream]"); prefer the default datagrams for such tests until that is understood. A Part 2
+// A Part 2
 // datagram channel (the default: it keeps every request whole however large, and queues many at
 // once, as the module does) sends each request as one datagram, cut where the daemon's reads end
 // when it declared their size (channel_source::reads_of; the server does), since a datagram's
@@ -426,8 +424,7 @@ private:
     // it unopened): a stream read that takes such bytes whole ends with them, so it never
     // goes on into the next request, even one sent while it copies. (Only the daemon's
     // first read of a request takes that fd; a read that ends a request begun by an earlier
-    // read stops at the request's end only if its buffer does, or nothing follows yet,
-    // which offer() makes all but certain.)
+    // one is kept from the next by wait_for_read_in_progress.)
     ssize_t send_stream(chan& ch, const std::byte* p, std::size_t n, bool last) {
         iovec iov{const_cast<std::byte*>(p), n};
         msghdr msg{};
@@ -466,6 +463,7 @@ private:
                 ch.offering = ch.sending = true;
                 ch.offered_seq = next.seq;
             }
+            wait_for_read_in_progress(ch);
             {
                 std::lock_guard lock(ch.send_mutex);
                 send_all(ch, next.bytes.data(), next.bytes.size(), true);
@@ -474,6 +472,30 @@ private:
             ch.sending = false; // then look again: the daemon may have read it all already
         }
     }
+    // The daemon's end of the channel (this process holds it: the fake is in-process), or
+    // nothing once the daemon has closed it (its number may since name another file).
+    static unique_fd daemon_end(const chan& ch) {
+        unique_fd peer(::fcntl(ch.peer_fd, F_DUPFD_CLOEXEC, 0));
+        struct stat st {};
+        if (!peer || ::fstat(peer.get(), &st) != 0 || st.st_ino != ch.peer_ino)
+            return {};
+        return peer;
+    }
+
+    // A stream read goes on into whatever follows the skb it finished, unless that skb held
+    // an fd, and a request read in pieces held its fd only in the piece read first. So a read
+    // taking the rest of the last request could run into the next one, were it sent while
+    // that read copies (the last request's bytes are all consumed, so offer() would send):
+    // two requests in one read, which the module never returns. A peek takes the daemon
+    // socket's read lock (af_unix's iolock, held through a read's copying, dropped while it
+    // sleeps for data), so it returns only once such a read has ended.
+    static void wait_for_read_in_progress(const chan& ch) {
+        if (unique_fd peer = daemon_end(ch)) {
+            std::byte b;
+            [[maybe_unused]] auto r = ::recv(peer.get(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        }
+    }
+
     // The module drops what is left of a request answered before it was read in full.
     // Under mutex_, so that offer() cannot send the next request meanwhile: the socket
     // then holds nothing but this request's rest.
@@ -481,9 +503,8 @@ private:
         std::lock_guard lock(mutex_);
         if (!ch.offering || ch.sending || ch.offered_seq != seq)
             return;
-        unique_fd peer(::fcntl(ch.peer_fd, F_DUPFD_CLOEXEC, 0));
-        struct stat st {};
-        if (!peer || ::fstat(peer.get(), &st) != 0 || st.st_ino != ch.peer_ino)
+        unique_fd peer = daemon_end(ch);
+        if (!peer)
             return; // the daemon closed it
         std::byte sink[4096];
         for (;;) {
