@@ -4,7 +4,14 @@
 #include "nbd_store.hpp"
 #include "server_fixture.hpp"
 
+#include <arpa/inet.h>
+#include <array>
+#include <charconv>
 #include <csignal>
+#include <cstring>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,25 +23,62 @@ using test::running_server;
 
 namespace {
 
-// nbdkit serving 64 MiB of memory on a Unix socket, for as long as this lives.
+// nbdkit serving 64 MiB of memory, on a Unix socket or on a loopback TCP port, for as long as
+// this lives.
 class nbdkit_memory {
 public:
+    struct on_tcp {};
     explicit nbdkit_memory(std::string socket)
         : socket_(std::move(socket)), pidfile_(socket_ + ".pid") {
         start();
     }
+    // The port is bound here and handed to nbdkit by socket activation (LISTEN_FDS), so it is
+    // known before nbdkit starts and no other program can take it in between.
+    explicit nbdkit_memory(on_tcp)
+        : pidfile_("/tmp/dmuser-nbd-test-" + std::to_string(::getpid()) + "-tcp.pid") {
+        start();
+    }
     ~nbdkit_memory() { stop(); }
     void start() {
-        ::unlink(socket_.c_str());
+        if (!socket_.empty())
+            ::unlink(socket_.c_str());
         ::unlink(pidfile_.c_str());
+        dmuser::unique_fd listener;
+        if (socket_.empty())
+            listener = listen_on_loopback();
+        // What the child needs is made before fork: after it, only async-signal-safe calls.
+        std::vector<std::string> env_strings;
+        for (char** e = environ; *e; ++e)
+            env_strings.emplace_back(*e);
+        env_strings.push_back("LISTEN_FDS=1");
+        env_strings.push_back("LISTEN_PID=" + std::string(20, '\0'));
+        std::vector<char*> env;
+        for (auto& e : env_strings)
+            env.push_back(e.data());
+        env.push_back(nullptr);
+        char* listen_pid = env_strings.back().data() + std::strlen("LISTEN_PID=");
         pid_ = ::fork();
         REQUIRE(pid_ >= 0);
         if (pid_ == 0) {
-            ::execlp("nbdkit", "nbdkit", "--foreground", "--unix", socket_.c_str(), "--pidfile",
-                     pidfile_.c_str(), "memory", "64M", static_cast<char*>(nullptr));
+            if (listener) {
+                if (::dup2(listener.get(), 3) < 0 || ::fcntl(3, F_SETFD, 0) < 0)
+                    ::_exit(126);
+                std::to_chars(listen_pid, listen_pid + 19, ::getpid());
+                ::execvpe("nbdkit",
+                          const_cast<char* const*>(
+                              std::array<const char*, 7>{"nbdkit", "--foreground", "--pidfile",
+                                                         pidfile_.c_str(), "memory", "64M", nullptr}
+                                  .data()),
+                          env.data());
+            } else {
+                ::execlp("nbdkit", "nbdkit", "--foreground", "--unix", socket_.c_str(), "--pidfile",
+                         pidfile_.c_str(), "memory", "64M", static_cast<char*>(nullptr));
+            }
             ::_exit(127);
         }
-        // nbdkit writes its pid file once it accepts connections (or it exited: fail).
+        // nbdkit writes its pid file once it accepts connections (or it exited: fail). Our
+        // copy of the listener closes on return: nbdkit's alone keeps the port, which then
+        // refuses connections once nbdkit dies, as a stopped server's does.
         for (;;) {
             if (::access(pidfile_.c_str(), F_OK) == 0)
                 return;
@@ -52,14 +96,38 @@ public:
             ::waitpid(pid_, nullptr, 0);
             pid_ = -1;
         }
-        ::unlink(socket_.c_str());
+        if (!socket_.empty())
+            ::unlink(socket_.c_str());
         ::unlink(pidfile_.c_str());
     }
-    std::string uri() const { return "nbd+unix:///?socket=" + socket_; }
+    std::string uri() const {
+        return socket_.empty() ? "nbd://127.0.0.1:" + std::to_string(port_)
+                               : "nbd+unix:///?socket=" + socket_;
+    }
 
 private:
-    std::string socket_;
+    // A listening socket on 127.0.0.1: a free port the first time, the same one after (a
+    // restarted server is found where the client knew it).
+    dmuser::unique_fd listen_on_loopback() {
+        dmuser::unique_fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        REQUIRE(fd);
+        const int one = 1;
+        ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        addr.sin_port = htons(static_cast<std::uint16_t>(port_));
+        REQUIRE(::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+        REQUIRE(::listen(fd.get(), 16) == 0);
+        socklen_t len = sizeof addr;
+        REQUIRE(::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+        port_ = ntohs(addr.sin_port);
+        return fd;
+    }
+
+    std::string socket_; // empty: TCP
     std::string pidfile_;
+    int port_ = 0;
     pid_t pid_ = -1;
 };
 
@@ -67,10 +135,9 @@ std::string socket_path() {
     return "/tmp/dmuser-nbd-test-" + std::to_string(::getpid()) + ".sock";
 }
 
-} // namespace
-
-TEST_CASE("nbd store: every operation through nbdkit, two threads with a connection each") {
-    nbdkit_memory server(socket_path());
+// Every operation through nbdkit, two threads with a connection each.
+void every_operation(const nbdkit_memory& server) {
+    INFO(server.uri());
     nbd_store store({.uri = server.uri()});
     CHECK(store.size() == (64u << 20));
     CHECK(store.capabilities().flush);
@@ -98,10 +165,12 @@ TEST_CASE("nbd store: every operation through nbdkit, two threads with a connect
     CHECK(k.violations().empty());
 }
 
-TEST_CASE("nbd store: a server that goes away fails requests without hanging; --reconnect "
-          "recovers") {
+// A server that goes away fails requests without hanging; --reconnect recovers once it is back.
+void server_gone(nbdkit_memory& server) {
     for (bool reconnect : {false, true}) {
-        nbdkit_memory server(socket_path());
+        INFO(server.uri() << (reconnect ? ", --reconnect" : ""));
+        server.stop();
+        server.start();
         nbd_store store({.uri = server.uri(), .reconnect = reconnect});
         fake_options fo;
         fo.device_bytes = store.size();
@@ -116,5 +185,30 @@ TEST_CASE("nbd store: a server that goes away fails requests without hanging; --
         CHECK(again == (reconnect ? DM_USER_RESP_SUCCESS : DM_USER_RESP_ERROR));
         CHECK(s.stop() == 0);
         CHECK(k.violations().empty());
+    }
+}
+
+} // namespace
+
+TEST_CASE("nbd store: every operation through nbdkit, two threads with a connection each") {
+    SECTION("on a Unix socket") {
+        nbdkit_memory server(socket_path());
+        every_operation(server);
+    }
+    SECTION("on loopback TCP") {
+        nbdkit_memory server(nbdkit_memory::on_tcp{});
+        every_operation(server);
+    }
+}
+
+TEST_CASE("nbd store: a server that goes away fails requests without hanging; --reconnect "
+          "recovers") {
+    SECTION("on a Unix socket") {
+        nbdkit_memory server(socket_path());
+        server_gone(server);
+    }
+    SECTION("on loopback TCP") {
+        nbdkit_memory server(nbdkit_memory::on_tcp{});
+        server_gone(server);
     }
 }
