@@ -85,6 +85,14 @@ vm_tests() {
     # The daemons the tests run (legacy-daemon, examples): a failed build
     # leaves them missing, and the tests that need them say so.
     (meson_build build) || warn "the C++ tree does not build: VM tests that need its binaries will fail"
+    # examples-out-of-tree runs daemons built from the installed SDK, as ./dev test host
+    # builds them (and reports those builds): build them here when a VM-only run needs them.
+    if [[ " ${files[*]} " == *"/examples-out-of-tree.sh "* ]] &&
+        [ ! -x "$DEV_ROOT/build/install-test/readme-ramdisk" ] &&
+        declare -F host_out_of_tree >/dev/null; then
+        say "building the out-of-tree daemons examples-out-of-tree runs (build/install-test)"
+        host_out_of_tree
+    fi
     local ver
     vm_kernel
     ver=$VM_KVER
