@@ -66,6 +66,9 @@ mon data = $CEPH_DIR/mon/\$cluster-\$id
 osd data = $CEPH_DIR/osd/\$cluster-\$id
 osd objectstore = bluestore
 bluestore block path = /dev/ram0
+# A killed client's watch (and with it its exclusive lock on an image) goes after this many
+# seconds without a ping, not the default 30: a test writing after kill -9 waits that long.
+osd client watch timeout = 10
 EOF
     monmaptool --create --fsid "$fsid" --addv a '[v2:127.0.0.1:3300,v1:127.0.0.1:6789]' \
         "$CEPH_DIR/monmap" >/dev/null || return 1

@@ -161,8 +161,9 @@ t_osd_stopped() {
     rm -f /tmp/data
 }
 
-# kill -9, then --attach serves the same device: the data written before is there. (Last: the
-# killed client's watch stays on the image until the OSD times it out, 30 s.)
+# kill -9, then --attach serves the same device: the data written before is there, and it
+# takes writes, though the killed client still held the image's exclusive lock: librbd breaks
+# it once the OSD has timed out the dead client's watch (osd client watch timeout, 10 s here).
 t_kill_attach() {
     rb_need_cluster
     dd if=/dev/urandom of=/tmp/data bs=1M count=8 status=none
@@ -177,7 +178,18 @@ t_kill_attach() {
     rb_start rb2 --attach
     cmp <(dd if=/dev/mapper/rb bs=1M skip=50 count=8 iflag=direct status=none) /tmp/data ||
         fail "data written before kill -9 is not there after --attach"
+    echo "[$SECONDS s] writing through the new daemon (the dead client holds the lock)"
+    dd if=/dev/urandom of=/tmp/data2 bs=1M count=2 status=none
+    run_bounded 120 dd if=/tmp/data2 of=/dev/mapper/rb bs=1M seek=50 oflag=direct conv=fsync \
+        status=none || fail "a write after --attach failed or waited over 120 s (status $?)"
+    echo "[$SECONDS s] the write completed"
+    cmp <(dd if=/dev/mapper/rb bs=1M skip=50 count=2 iflag=direct status=none) /tmp/data2 ||
+        fail "the write after --attach does not read back"
+    cmp <(dd if=/dev/mapper/rb bs=1M skip=52 count=6 iflag=direct status=none) \
+        <(dd if=/tmp/data bs=1M skip=2 count=6 status=none) ||
+        fail "the write after --attach changed the blocks around it"
     ex_stop rb2 rb
+    rm -f /tmp/data2
     rm -f /tmp/data
 }
 
