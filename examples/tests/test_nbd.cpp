@@ -188,27 +188,26 @@ void server_gone(nbdkit_memory& server) {
     }
 }
 
-} // namespace
-
-TEST_CASE("nbd store: every operation through nbdkit, two threads with a connection each") {
+// Runs check against nbdkit on a Unix socket, then on loopback TCP: a Catch2 section each.
+template <typename Check>
+void on_each_transport(Check check) {
     SECTION("on a Unix socket") {
         nbdkit_memory server(socket_path());
-        every_operation(server);
+        check(server);
     }
     SECTION("on loopback TCP") {
         nbdkit_memory server(nbdkit_memory::on_tcp{});
-        every_operation(server);
+        check(server);
     }
+}
+
+} // namespace
+
+TEST_CASE("nbd store: every operation through nbdkit, two threads with a connection each") {
+    on_each_transport([](nbdkit_memory& server) { every_operation(server); });
 }
 
 TEST_CASE("nbd store: a server that goes away fails requests without hanging; --reconnect "
           "recovers") {
-    SECTION("on a Unix socket") {
-        nbdkit_memory server(socket_path());
-        server_gone(server);
-    }
-    SECTION("on loopback TCP") {
-        nbdkit_memory server(nbdkit_memory::on_tcp{});
-        server_gone(server);
-    }
+    on_each_transport([](nbdkit_memory& server) { server_gone(server); });
 }

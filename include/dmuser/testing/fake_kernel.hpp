@@ -8,11 +8,11 @@
 // bytes of two requests, the rest coming with the next read (checked against the module
 // by tests/conformance). One difference remains: a request of more than 32 KiB may show
 // to a read that races its sending in pieces, where the module's would have had it all.
-// A Part 2
-// datagram channel (the default: it keeps every request whole however large, and queues many at
-// once, as the module does) sends each request as one datagram, cut where the daemon's reads end
-// when it declared their size (channel_source::reads_of; the server does), since a datagram's
-// excess would be lost. query() answers like DM_USER_IOC_GET_INFO; Part 1 reports ENOTTY.
+// A Part 2 datagram channel (the default: it keeps every request whole however large, and
+// queues many at once, as the module does) sends each request as one datagram, cut where the
+// daemon's reads end when it declared their size (channel_source::reads_of; the server does),
+// since a datagram's excess would be lost. query() answers like DM_USER_IOC_GET_INFO; Part 1
+// reports ENOTTY.
 //
 // Writes. Responses are parsed as the module parses a channel's writes: one or more back to
 // back, any of them in pieces across writes. What the module would refuse with an error is
